@@ -1,0 +1,39 @@
+# Crisp: structured attention sparsity as a regulariser, from data to figures.
+#
+#   snakemake --cores all                                   # the paper protocol (config.yaml; GPU + Hub)
+#   snakemake --cores all --configfile config/demo.yaml     # offline demo on a CPU
+#   snakemake --report results/report.html                  # HTML report with every figure
+#
+# DAG: prepare_data -> finetune (experiment x seed) -> profile_flops -> aggregate -> figures.
+# Each rule is one `crisp` sub-command; the logic lives in the crisp package.
+
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# Run the crisp package of this checkout, in the workflow and in every job, so that the sources
+# declared as inputs (see crisp_sources) are the code that actually runs.
+sys.path.insert(0, workflow.basedir)
+shell.prefix("export PYTHONPATH=" + workflow.basedir + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        TABLES,
+        FIGURES_OUT,

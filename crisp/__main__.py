@@ -1,0 +1,5 @@
+import sys
+
+from crisp.cli import main
+
+sys.exit(main())

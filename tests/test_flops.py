@@ -1,0 +1,204 @@
+"""The FLOP account: the paper's figures, the three views, and agreement with FlopCounterMode."""
+
+import json
+
+import pandas
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig, GPT2Config, RobertaConfig
+
+from crisp.attention import sparsify
+from crisp.flops import (
+    ATTENTION_SUBLAYER,
+    COMPONENTS,
+    Architecture,
+    analytic_forward_matmul_flops,
+    flops_rows,
+    flops_table,
+    keep_count,
+    layer_account,
+    measure_forward_flops,
+    profile_experiment,
+    run_profile,
+)
+
+DISTILBERT = Architecture(layers=6, hidden=768, heads=12, intermediate=3072)
+CONTRACT_COLUMNS = [
+    "experiment", "pattern", "sparsity", "seq_len", "view", "component", "pass", "dense_flops", "flops", "reduction",
+]
+
+
+def tiny_config(family: str):
+    sizes = dict(vocab_size=128, max_position_embeddings=64)
+    if family == "distilbert":
+        return DistilBertConfig(dim=64, hidden_dim=256, n_heads=4, n_layers=2, **sizes)
+    if family == "bert":
+        return BertConfig(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, **sizes)
+    return RobertaConfig(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, **sizes)
+
+
+def reduction(seq_len, view, pattern="topk", sparsity=0.8, pass_name="forward", arch=DISTILBERT):
+    return layer_account(arch, seq_len, pattern, sparsity)["views"][view][pass_name]["reduction"]
+
+
+# --------------------------------------------------------------------------- the paper's figures
+
+
+def test_paper_twenty_percent_holds_only_for_the_attention_sublayer_at_512_tokens():
+    assert round(reduction(512, "paper_accounting"), 2) == 0.20
+    # The same figure counting matmuls only, as the paper's "projections + QKᵀ + AV" arithmetic does.
+    views = layer_account(DISTILBERT, 512, "topk", 0.8)["views"]["paper_accounting"]["forward"]
+    dense = layer_account(DISTILBERT, 512, "dense", 0.0)["views"]["paper_accounting"]["forward"]["components"]
+    matmuls = [c for c in ATTENTION_SUBLAYER if c != "softmax"]
+    saved = 1 - sum(views["components"][c] for c in matmuls) / sum(dense[c] for c in matmuls)
+    assert round(saved, 2) == 0.20
+
+
+def test_whole_layer_saves_about_8_percent_at_512_and_2_percent_at_128():
+    assert round(100 * reduction(512, "ideal_sparse")) == 8
+    assert round(100 * reduction(128, "ideal_sparse")) == 2
+    assert round(100 * reduction(512, "ideal_sparse", pass_name="training")) == 8
+
+
+def test_keep_count_is_ceiling_of_kept_share_and_at_least_one():
+    assert keep_count(512, 0.8) == 103
+    assert keep_count(128, 0.5) == 64
+    assert keep_count(10, 0.3) == 7
+    assert keep_count(4, 0.99) == 1
+
+
+# --------------------------------------------------------------------------- the three views
+
+
+@pytest.mark.parametrize("pattern, sparsity", [("dense", 0.0), ("topk", 0.0)])
+def test_dense_configuration_saves_nothing_in_any_view(pattern, sparsity):
+    rows = flops_rows(profile_experiment(DISTILBERT, "dense_baseline", pattern, sparsity, [64, 512]))
+    assert rows and all(row["reduction"] == 0 and row["flops"] == row["dense_flops"] for row in rows)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.8, 0.99])
+def test_masked_execution_saves_nothing_at_any_sparsity(sparsity):
+    for seq_len in (64, 512):
+        for pass_name in ("forward", "training"):
+            assert reduction(seq_len, "as_executed", sparsity=sparsity, pass_name=pass_name) == 0
+
+
+def test_ideal_saving_grows_with_sparsity():
+    sparsities = [0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95]
+    for view in ("ideal_sparse", "paper_accounting"):
+        savings = [reduction(512, view, sparsity=s) for s in sparsities]
+        assert savings[0] == 0
+        assert all(later > earlier for earlier, later in zip(savings, savings[1:]))
+
+
+def test_ideal_saving_touches_only_score_components():
+    views = layer_account(DISTILBERT, 256, "topk", 0.5)["views"]["ideal_sparse"]["forward"]["components"]
+    dense = layer_account(DISTILBERT, 256, "dense", 0.0)["dense"]["forward"]
+    for component in ("qkv_projections", "output_projection", "ffn"):
+        assert views[component] == dense[component]
+    for component in ("qk_scores", "softmax", "attention_values"):
+        assert views[component] == dense[component] // 2
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def test_architecture_reads_distilbert_and_bert_names():
+    assert Architecture.from_config(DistilBertConfig()) == DISTILBERT
+    assert Architecture.from_config(tiny_config("bert")) == Architecture(2, 64, 4, 256)
+    assert Architecture.from_config(tiny_config("roberta")) == Architecture(2, 64, 4, 256)
+
+
+def test_unsupported_config_names_the_missing_attributes():
+    with pytest.raises(ValueError, match="intermediate_size"):
+        Architecture.from_config(GPT2Config())
+
+
+# --------------------------------------------------------------------------- measured counter
+
+
+def random_model(config, attention: str):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attention)
+    return model.eval()
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "crisp"])
+@pytest.mark.parametrize("family", ["distilbert", "bert", "roberta"])
+def test_analytic_forward_matches_flop_counter(family, attention):
+    """Dense analytic matmuls = counted FLOPs; for "crisp" at 80 % top-k too (masking saves nothing)."""
+    config = tiny_config(family)
+    if attention == "crisp":
+        model = sparsify(random_model(config, "eager"), pattern="topk", sparsity=0.8)
+    else:
+        model = random_model(config, attention)
+    assert model.config._attn_implementation == attention
+    seq_len = 32
+    measured = measure_forward_flops(model, seq_len, batch_size=2)
+    analytic = analytic_forward_matmul_flops(Architecture.from_config(config), seq_len, config.num_labels)
+    # At this size Q Kᵀ and A V are 8 % of a layer: an uncounted attention kernel fails the 1 %.
+    assert measured["per_layer"] == pytest.approx([analytic["per_layer"]] * 2, rel=0.01)
+    assert measured["total"] == pytest.approx(analytic["total"], rel=0.01)
+
+
+def test_analytic_forward_matches_flop_counter_at_distilbert_size():
+    config = DistilBertConfig(vocab_size=1000)  # layer sizes of distilbert-base; a small vocabulary inits faster
+    measured = measure_forward_flops(random_model(config, "sdpa"), seq_len=128)
+    analytic = analytic_forward_matmul_flops(DISTILBERT, 128, config.num_labels)
+    assert len(measured["per_layer"]) == 6
+    assert measured["total"] == pytest.approx(analytic["total"], rel=0.01)
+
+
+def test_training_costs_three_forwards_of_matmuls():
+    """The account's assumption: a matmul's backward costs twice its forward."""
+    config = tiny_config("bert")
+    model = random_model(config, "eager").train()
+    input_ids = torch.arange(32).view(1, 32) % config.vocab_size
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=input_ids).logits.sum().backward()
+    analytic = analytic_forward_matmul_flops(Architecture.from_config(config), 32, config.num_labels)
+    assert counter.get_total_flops() == pytest.approx(3 * analytic["total"], rel=0.01)
+
+
+# --------------------------------------------------------------------------- report and rows
+
+
+def test_rows_follow_the_flops_table_contract():
+    report = profile_experiment(DISTILBERT, "aggressive_sparse", "topk", 0.8, [128, 512], model_name="distilbert")
+    rows = flops_rows(report)
+    table = flops_table([report])
+    assert list(table.columns) == CONTRACT_COLUMNS
+    assert all(list(row) == CONTRACT_COLUMNS for row in rows)
+    assert set(table["view"]) == {"as_executed", "ideal_sparse", "paper_accounting"}
+    assert set(table["pass"]) == {"forward", "training"}
+    assert set(table["component"]) == set(COMPONENTS) | {"total"}
+    assert not ((table["view"] == "paper_accounting") & (table["component"] == "ffn")).any()
+    # 2 lengths x 2 passes x (7 + 7 + 6 components with total)
+    assert len(table) == 2 * 2 * 20
+    assert (table["experiment"] == "aggressive_sparse").all() and (table["sparsity"] == 0.8).all()
+    assert table["reduction"].to_numpy() == pytest.approx(1 - table["flops"] / table["dense_flops"])
+    parts = table[table["component"] != "total"].groupby(["seq_len", "view", "pass"])["flops"].sum()
+    totals = table[table["component"] == "total"].set_index(["seq_len", "view", "pass"])["flops"]
+    pandas.testing.assert_series_equal(parts.sort_index(), totals.sort_index(), check_names=False)
+    paper = table.query("view == 'paper_accounting' and component == 'total' and seq_len == 512 and `pass` == 'forward'")
+    assert round(float(paper["reduction"].iloc[0]), 2) == 0.20
+
+
+def test_run_profile_writes_json_with_a_measured_section(tmp_path):
+    out_path = tmp_path / "flops" / "aggressive_sparse.json"
+    experiment = {"pattern": "topk", "sparsity": 0.8}
+    run_profile(tiny_config("distilbert"), "aggressive_sparse", experiment, [16, 32], out_path, measure_seq_len=32)
+    report = json.loads(out_path.read_text())
+    assert report["experiment"] == "aggressive_sparse"
+    assert report["architecture"] == {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 256}
+    assert [entry["seq_len"] for entry in report["by_seq_len"]] == [16, 32]
+    assert report["by_seq_len"][1]["keys_per_query"] == keep_count(32, 0.8)
+    # Masked attention executes the dense count, whatever the implementation.
+    assert abs(report["measured"]["relative_difference_total"]) < 0.01
+    assert len(flops_rows(report)) == 2 * 2 * 20
+
+
+def test_run_profile_names_a_missing_experiment_key(tmp_path):
+    with pytest.raises(ValueError, match="sparsity"):
+        run_profile(tiny_config("bert"), "broken", {"pattern": "topk"}, [16], tmp_path / "x.json")

@@ -1,0 +1,146 @@
+"""The smoke pipeline through a real single-node SLURM with profiles/slurm.
+
+Every job must be an sbatch job that SLURM ran to completion, finetune jobs must have been
+given a GPU (the node's GPUs are stand-ins, so training itself runs on the CPU), and the
+pipeline's final outputs must exist.
+
+Needs root: it installs Debian's slurm-wlm when missing and starts slurmctld and slurmd
+(tests/slurm/cluster.py), then stops them. Skipped, with the reason, where that is not
+possible, except when the CI environment variable is set: there it fails instead, so that CI
+cannot pass without having run it. Takes a few minutes (11 jobs, each one a SLURM job
+running its own Snakemake).
+
+    sudo python -m pytest -m slurm -ra
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from slurm.cluster import SlurmUnavailable, job_record, start_cluster  # noqa: E402
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+# Generated or machine-local: not part of the pipeline under test.
+NOT_COPIED = shutil.ignore_patterns(".git", "results", "logs", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache")
+# On top of .test/config.yaml: one seed keeps the run short, and device "auto" makes finetune
+# ask for a GPU (the smoke configuration trains on the CPU and asks for none).
+SLURM_TEST_CONFIG = {"training": {"device": "auto"}, "seeds": [0]}
+# What a single node without an accounting database needs on top of the profile: job states
+# from squeue (sacct needs slurmdbd) and a first status check after 5 s instead of 40 s.
+SINGLE_NODE_OPTIONS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("slurm-state"))
+    except SlurmUnavailable as error:
+        if in_ci():
+            pytest.fail(f"CI is set, so this test must run, but SLURM could not be started: {error}")
+        pytest.skip(f"no SLURM cluster for this test: {error}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(slurm_cluster, tmp_path_factory):
+    """Run the smoke pipeline once through SLURM; yields (workdir, Snakemake's output, seconds)."""
+    workdir = tmp_path_factory.mktemp("pipeline") / "repo"
+    shutil.copytree(REPO, workdir, ignore=NOT_COPIED)
+    (workdir / "slurm-test.yaml").write_text(yaml.safe_dump(SLURM_TEST_CONFIG))
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--workflow-profile", "profiles/slurm",
+        "--configfile", ".test/config.yaml", "slurm-test.yaml",
+        *SINGLE_NODE_OPTIONS,
+    ]  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+    seconds = time.monotonic() - started
+    output = result.stdout + result.stderr
+    (workdir / "snakemake-slurm-test.log").write_text(output)
+    assert result.returncode == 0, f"Snakemake through SLURM failed after {seconds:.0f} s:\n{output[-6000:]}"
+    yield workdir, output, seconds
+
+
+def submissions(output: str) -> list[tuple[str, str]]:
+    """(rule, SLURM job id) for every job Snakemake submitted, read from its own log lines."""
+    found = []
+    for _, slurm_id, log in SUBMITTED.findall(output):
+        rule = next(part for part in Path(log).parts if part.startswith("rule_")).removeprefix("rule_")
+        found.append((rule, slurm_id))
+    return found
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table: rule -> number of jobs (the target rule `all` runs no job)."""
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    counts = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    counts.pop("all", None)
+    return counts
+
+
+def test_every_job_ran_as_a_completed_slurm_job(pipeline_run):
+    _, output, seconds = pipeline_run
+    jobs = submissions(output)
+    planned = planned_jobs(output)
+
+    submitted_per_rule = {rule: sum(1 for r, _ in jobs if r == rule) for rule in planned}
+    assert submitted_per_rule == planned, f"planned {planned}, submitted through SLURM {submitted_per_rule}"
+    assert "localrule" not in output, "a job ran on the submitting machine instead of through SLURM"
+    for rule, slurm_id in jobs:
+        record = job_record(slurm_id)
+        assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), f"{rule}: {record}"
+        assert record["Comment"].startswith(f"rule_{rule}"), record["Comment"]
+    print(f"{len(jobs)} SLURM jobs in {seconds:.0f} s")
+
+
+def test_finetune_jobs_and_only_they_got_a_gpu(pipeline_run):
+    _, output, _ = pipeline_run
+
+    for rule, slurm_id in submissions(output):
+        gpu_request = job_record(slurm_id).get("TresPerJob", "")
+        if rule == "finetune":
+            assert gpu_request == "gres:gpu:1", f"finetune job {slurm_id} asked for {gpu_request!r}"
+        else:
+            assert "gpu" not in gpu_request, f"{rule} job {slurm_id} asked for {gpu_request!r}"
+
+
+def test_training_saw_the_gpu_slurm_gave_it_and_the_outputs_exist(pipeline_run):
+    workdir, output, _ = pipeline_run
+    results = workdir / "results" / "smoke"
+
+    metrics = [json.loads(path.read_text()) for path in sorted(results.glob("runs/*/seed0/metrics.json"))]
+    assert len(metrics) == planned_jobs(output)["finetune"]
+    for run in metrics:
+        # SLURM set CUDA_VISIBLE_DEVICES; crisp kept it, and trained on the CPU the stand-in
+        # GPU really is.
+        assert run["cuda_visible_devices"] in ("0", "1"), run["cuda_visible_devices"]
+        assert run["device"] == "cpu"
+    assert (results / "tables" / "summary.csv").stat().st_size > 0
+    figures = list((results / "figures").glob("*.png"))
+    assert figures and all(figure.stat().st_size > 0 for figure in figures)
+    # The SLURM logs are where the profile puts them, one per job.
+    assert len(list((workdir / "logs" / "slurm").rglob("*.log"))) == len(submissions(output))

@@ -1,0 +1,39 @@
+# Configuration validation and the few helpers the rules share.
+import json
+from pathlib import Path
+
+from crisp.config import run_settings, tokenizer_spec, validate_config
+from crisp.data import dataset_slug
+from crisp.modeling import model_slug
+from crisp.errors import ConfigError
+from crisp.figures import FIGURES
+
+try:
+    validate_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"Invalid configuration: {error}")
+
+R = config["results"]
+EXPERIMENTS = list(config["experiments"])
+SEEDS = config["seeds"]
+# The whole resolved configuration, handed to every `crisp` call. Rules rerun on the `params`
+# they declare (the keys that change their result), not on this string.
+CONFIG_JSON = json.dumps(config, sort_keys=True)
+DATA = f"{R}/data/{dataset_slug(config['dataset'])}/{model_slug(tokenizer_spec(config))}"
+
+
+def crisp_sources(*modules):
+    """The crisp modules a rule runs: declared as inputs so that editing one reruns the rule."""
+    return [str(Path(workflow.basedir) / "crisp" / f"{module}.py") for module in modules]
+
+
+def training_settings(wildcards):
+    """Everything that changes a finetune result (not its resources)."""
+    return json.dumps(run_settings(config, wildcards.experiment, int(wildcards.seed)), sort_keys=True)
+
+
+RUN_FILES = ["metrics.json", "history.csv", "predictions.csv", "attention.json"]
+RUN_DIRS = [f"{R}/runs/{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
+FLOPS = [f"{R}/flops/{experiment}.json" for experiment in EXPERIMENTS]
+TABLES = [f"{R}/tables/{name}" for name in ("runs.csv", "summary.csv", "summary.md", "summary.tex", "flops.csv", "flops.md")]
+FIGURES_OUT = [f"{R}/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]

@@ -1,0 +1,20 @@
+rule prepare_data:
+    """Load, validate and tokenise the dataset once; every experiment and seed reuses it."""
+    input:
+        code=crisp_sources("data", "modeling"),
+    output:
+        directory(DATA),
+    params:
+        dataset=config["dataset"],
+        tokenizer=tokenizer_spec(config),
+        max_length=config["max_length"],
+    log:
+        f"{R}/logs/prepare_data.log",
+    benchmark:
+        f"{R}/benchmarks/prepare_data.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "crisp prepare --config-json {CONFIG_JSON:q} --out {output} > {log} 2>&1"

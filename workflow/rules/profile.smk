@@ -1,0 +1,22 @@
+rule profile_flops:
+    """Analytic FLOPs (as executed, ideal sparse, the paper's accounting) plus a measured count."""
+    input:
+        code=crisp_sources("flops", "attention"),
+    output:
+        f"{R}/flops/{{experiment}}.json",
+    params:
+        model=config["model"],
+        attention=lambda w: config["experiments"][w.experiment],
+        profiling=config["profiling"],
+    log:
+        f"{R}/logs/profile_flops/{{experiment}}.log",
+    benchmark:
+        f"{R}/benchmarks/profile_flops/{{experiment}}.tsv"
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "crisp profile --config-json {CONFIG_JSON:q} --experiment {wildcards.experiment} --out {output} > {log} 2>&1"

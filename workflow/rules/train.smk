@@ -1,0 +1,27 @@
+rule finetune:
+    """Fine-tune one experiment with one seed. Resume checkpoints live outside the outputs
+    (<results>/checkpoints/...), so Snakemake's clean-up before a rerun does not delete them."""
+    input:
+        data=DATA,
+        code=crisp_sources("train", "attention", "modeling", "data", "devices"),
+    output:
+        [f"{R}/runs/{{experiment}}/seed{{seed}}/{file}" for file in RUN_FILES],
+    params:
+        settings=training_settings,
+        checkpoints=lambda w: f"{R}/checkpoints/{w.experiment}/seed{w.seed}",
+        run_dir=lambda w: f"{R}/runs/{w.experiment}/seed{w.seed}",
+    log:
+        f"{R}/logs/finetune/{{experiment}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune/{{experiment}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+        seed=r"\d+",
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=config["training"]["mem_mb"],
+        runtime=config["training"]["runtime_min"],
+        gpu=0 if config["training"]["device"] == "cpu" else 1,
+    shell:
+        "crisp train --config-json {CONFIG_JSON:q} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        " --data {input.data} --out {params.run_dir} --checkpoints {params.checkpoints} > {log} 2>&1"
