@@ -74,10 +74,10 @@ def write_overlay(workdir: Path, name: str, overrides: dict) -> str:
     return name
 
 
-def test_default_config_plans_the_paper_dag():
+def test_default_config_plans_the_paper_dag(tmp_path):
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     n_experiments, n_seeds = len(config["experiments"]), len(config["seeds"])
-    jobs = planned_jobs(ROOT, "--directory", str(ROOT), "--config", "results=/nonexistent-crisp-results")
+    jobs = planned_jobs(ROOT, "--config", f"results={tmp_path}")
     assert jobs == Counter(
         {"prepare_data": 1, "finetune": n_experiments * n_seeds, "profile_flops": n_experiments, "aggregate": 1, "figures": 1, "all": 1}
     )
@@ -209,3 +209,31 @@ def test_offline_paper_config_fails_fast_pointing_to_the_demo(tmp_path):
     log = (workdir / "results" / "logs" / "prepare_data.log").read_text()
     assert "config/demo.yaml" in log and "bundled:minilm" in log, log
     assert elapsed < 120, f"took {elapsed:.0f} s to report an unreachable Hub"
+
+
+def test_report_has_every_figure_with_its_caption(smoke):
+    workdir, _ = smoke
+    snakemake(workdir, "--configfile", SMOKE, "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    from crisp.figures import FIGURES
+
+    for name in FIGURES:
+        assert f"{name}.png" in html
+    assert "seed" in html.lower()  # captions explain the error bars over seeds
+
+
+@pytest.mark.parametrize(
+    "overlay, key",
+    [
+        ({"experiments": {"aggressive_sparse": {"pattern": "topk", "sparsity": 1.5}}}, "experiments.aggressive_sparse.sparsity"),
+        ({"experiments": {"light_sparse": {"pattern": "stripes", "sparsity": 0.3}}}, "experiments.light_sparse.pattern"),
+        ({"training": {"learning_rate": -0.1}}, "training.learning_rate"),
+        ({"trainig": {"epochs": 1}}, "trainig"),
+    ],
+)
+def test_workflow_rejects_a_bad_config_before_any_job(tmp_path, overlay, key):
+    workdir = copy_repository(tmp_path / "repo")
+    name = write_overlay(workdir, "bad.yaml", overlay)
+    result = snakemake(workdir, "--dry-run", "--configfile", SMOKE, name, check=False)
+    assert result.returncode != 0
+    assert f"'{key}'" in result.stdout + result.stderr

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,7 +66,9 @@ class SlurmCluster:
     pids: dict[str, int] = field(default_factory=dict)
 
     def stop(self) -> None:
-        """Stop the daemons this cluster started and remove the configuration files."""
+        """Cancel its jobs, stop the daemons it started and remove the configuration files."""
+        if self.pids:
+            _cancel_all_jobs()
         for name, pid in self.pids.items():
             _terminate(pid, name)
         self.pids = {}
@@ -172,12 +173,10 @@ def start_cluster(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = 60) ->
     cluster = SlurmCluster(state_dir=state_dir, node=hardware["NodeName"])
     try:
         for daemon in ("slurmctld", "slurmd"):
-            log = open(state_dir / f"{daemon}.stdout", "w")
             # A new session, so a Ctrl-C meant for the tests does not reach the daemons
             # before the teardown stops them in order.
-            process = subprocess.Popen(
-                [daemon, "-D"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            with open(state_dir / f"{daemon}.stdout", "w") as log:
+                process = subprocess.Popen([daemon, "-D"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             cluster.pids[daemon] = process.pid
             _record_pids(cluster)
         _wait_until_idle(cluster, timeout_s)
@@ -219,6 +218,7 @@ def _wait_until_idle(cluster: SlurmCluster, timeout_s: float) -> None:
             ["sinfo", "--noheader", "--nodes", cluster.node, "--format", "%t"],
             capture_output=True,
             text=True,
+            timeout=30,
         )
         state = result.stdout.strip()
         if result.returncode == 0 and state == "idle":
@@ -228,6 +228,26 @@ def _wait_until_idle(cluster: SlurmCluster, timeout_s: float) -> None:
         f"node {cluster.node} did not become idle within {timeout_s:.0f} s "
         f"(sinfo says {state!r}); see the logs in {cluster.state_dir}."
     )
+
+
+def _cancel_all_jobs(timeout_s: float = 30) -> None:
+    """Cancel every job and wait until SLURM has cleaned them up.
+
+    A job still running when the daemons stop (a test that failed half-way) would leave its
+    slurmstepd behind, waiting forever to report to a controller that is gone.
+    """
+    subprocess.run(["scancel", "--full", "--user", str(os.getuid())], capture_output=True, timeout=30)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            ["squeue", "--noheader", "--states=PENDING,RUNNING,COMPLETING,SUSPENDED", "--format=%i"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode != 0 or not result.stdout.strip():
+            return
+        time.sleep(0.5)
 
 
 def _record_pids(cluster: SlurmCluster) -> None:
@@ -293,7 +313,7 @@ def _tail(cluster: SlurmCluster, name: str, n_chars: int = 1500) -> str:
 
 
 def _run(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise SlurmUnavailable(
             f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}"

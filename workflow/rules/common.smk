@@ -1,5 +1,7 @@
 # Configuration validation and the few helpers the rules share.
+import hashlib
 import json
+import os
 from pathlib import Path
 
 from crisp.config import run_settings, tokenizer_spec, validate_config
@@ -16,9 +18,23 @@ except ConfigError as error:
 R = config["results"]
 EXPERIMENTS = list(config["experiments"])
 SEEDS = config["seeds"]
-# The whole resolved configuration, handed to every `crisp` call. Rules rerun on the `params`
-# they declare (the keys that change their result), not on this string.
-CONFIG_JSON = json.dumps(config, sort_keys=True)
+
+
+def write_resolved_config(config: dict) -> str:
+    """Save the validated configuration under a name made from its content; every `crisp` call
+    reads it. Rules rerun on the `params` they declare (the keys that change their result), not
+    on this file. The same content always gives the same file, so concurrent writers agree."""
+    text = json.dumps(config, indent=2, sort_keys=True)
+    path = Path(R) / "configs" / f"config-{hashlib.sha1(text.encode()).hexdigest()[:12]}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(text)
+        partial.replace(path)
+    return str(path)
+
+
+CONFIG_FILE = write_resolved_config(config)
 DATA = f"{R}/data/{dataset_slug(config['dataset'])}/{model_slug(tokenizer_spec(config))}"
 
 

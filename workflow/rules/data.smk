@@ -12,9 +12,11 @@ rule prepare_data:
         f"{R}/logs/prepare_data.log",
     benchmark:
         f"{R}/benchmarks/prepare_data.tsv"
+    conda:
+        "../../envs/crisp.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "crisp prepare --config-json {CONFIG_JSON:q} --out {output} > {log} 2>&1"
+        "python -m crisp prepare --config {CONFIG_FILE} --out {output} > {log} 2>&1"

@@ -14,9 +14,11 @@ rule profile_flops:
         f"{R}/benchmarks/profile_flops/{{experiment}}.tsv"
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
+    conda:
+        "../../envs/crisp.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "crisp profile --config-json {CONFIG_JSON:q} --experiment {wildcards.experiment} --out {output} > {log} 2>&1"
+        "python -m crisp profile --config {CONFIG_FILE} --experiment {wildcards.experiment} --out {output} > {log} 2>&1"

@@ -14,12 +14,14 @@ rule aggregate:
         f"{R}/logs/aggregate.log",
     benchmark:
         f"{R}/benchmarks/aggregate.tsv"
+    conda:
+        "../../envs/crisp.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "crisp tables --config-json {CONFIG_JSON:q} --runs {params.runs} --flops {input.flops} --out {params.out} > {log} 2>&1"
+        "python -m crisp tables --config {CONFIG_FILE} --runs {params.runs} --flops {input.flops} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
@@ -42,9 +44,11 @@ rule figures:
         f"{R}/logs/figures.log",
     benchmark:
         f"{R}/benchmarks/figures.tsv"
+    conda:
+        "../../envs/crisp.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "crisp figures --tables {params.tables} --runs {params.runs} --out {params.out} > {log} 2>&1"
+        "python -m crisp figures --tables {params.tables} --runs {params.runs} --out {params.out} > {log} 2>&1"

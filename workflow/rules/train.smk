@@ -17,11 +17,13 @@ rule finetune:
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
         seed=r"\d+",
+    conda:
+        "../../envs/crisp.yaml"
     threads: config["training"]["threads"]
     resources:
         mem_mb=config["training"]["mem_mb"],
         runtime=config["training"]["runtime_min"],
         gpu=0 if config["training"]["device"] == "cpu" else 1,
     shell:
-        "crisp train --config-json {CONFIG_JSON:q} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        "python -m crisp train --config {CONFIG_FILE} --experiment {wildcards.experiment} --seed {wildcards.seed}"
         " --data {input.data} --out {params.run_dir} --checkpoints {params.checkpoints} > {log} 2>&1"
