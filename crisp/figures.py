@@ -78,12 +78,13 @@ def plot_accuracy_vs_sparsity(runs: pd.DataFrame, summary: pd.DataFrame) -> Figu
         axes.annotate(f"{accuracy:.2f}", (sparsity * 100, accuracy), textcoords="offset points", xytext=(8, 4), fontsize=8)
     axes.scatter(
         [sparsity * 100 for _, sparsity, _ in PAPER_REPORTED], [accuracy for _, _, accuracy in PAPER_REPORTED],
-        marker="*", s=180, color="black", zorder=5, label=f"paper ({PAPER_EXAMPLES} of {SST2_VALIDATION_EXAMPLES} examples)",
+        marker="*", s=180, color="black", zorder=5, label=f"paper: DistilBERT, SST-2 ({PAPER_EXAMPLES} of {SST2_VALIDATION_EXAMPLES} examples)",
     )
 
     axes.set_xlabel("attention sparsity (% of scores masked per query)")
     axes.set_ylabel("validation accuracy (%)")
-    axes.set_title("SST-2 validation accuracy vs attention sparsity")
+    described = " / ".join(sorted({f"{row.model} on {row.dataset}" for row in runs.itertuples()}))
+    axes.set_title(f"Validation accuracy vs attention sparsity\n{described}", fontsize=11)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return figure

@@ -36,6 +36,8 @@ SST2_VALIDATION_EXAMPLES = 872
 RUN_FIELDS = {
     "experiment": ("experiment",),
     "seed": ("seed",),
+    "model": ("model",),
+    "dataset": ("dataset",),
     "pattern": ("pattern",),
     "sparsity": ("sparsity",),
     "validation_accuracy": ("validation", "accuracy"),
@@ -49,7 +51,7 @@ RUN_FIELDS = {
     "examples_per_s": ("train_examples_per_s",),
 }
 RUN_COLUMNS = [
-    "experiment", "seed", "pattern", "sparsity",
+    "experiment", "seed", "model", "dataset", "pattern", "sparsity",
     "validation_accuracy", "correct", "total", "validation_loss", "train_loss",
     "loss_gap",  # validation loss - final train loss: the generalisation gap
     "steps", "epochs", "wall_time_s", "examples_per_s",

@@ -24,7 +24,7 @@ def write_run(root, experiment, seed, correct, validation_loss=0.3, train_loss=0
     run_dir = root / "runs" / experiment / f"seed{seed}"
     run_dir.mkdir(parents=True)
     metrics = {
-        "experiment": experiment, "seed": seed, "pattern": pattern, "sparsity": sparsity,
+        "experiment": experiment, "seed": seed, "model": "tiny:bert", "dataset": "synthetic", "pattern": pattern, "sparsity": sparsity,
         "model": "tiny:distilbert", "dataset": "synthetic",
         "validation": {"accuracy": correct / EXAMPLES, "correct": correct, "total": EXAMPLES, "loss": validation_loss},
         "train_loss": train_loss, "train_loss_mean": train_loss + 0.2, "epochs": 3, "steps": 30,
