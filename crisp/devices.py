@@ -33,16 +33,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crisp.errors import NoFreeDevice
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_DIR = Path(tempfile.gettempdir()) / f"crisp-gpu-locks-{os.getuid()}"
 # How often a waiting process looks for a free GPU, and how often it says it is still waiting.
 POLL_S = 2.0
 WAITING_LOG_EVERY_S = 600.0
-
-
-class NoFreeDevice(RuntimeError):
-    """Every GPU stayed claimed by other processes until the timeout."""
 
 
 @dataclass
@@ -91,23 +89,30 @@ def claim_device(
     wanted: the configuration's training.device: "cpu" claims nothing; "auto" and "cuda"
         claim a GPU when there is one (whether "cuda" without one is an error is for the
         caller to say).
-    n_devices: how many GPUs the machine has; None counts them (without initialising
-        CUDA in this process). Tests pass a number to pretend.
+    n_devices: how many GPUs the machine has (or, with CUDA_VISIBLE_DEVICES set, how many
+        it shows); None counts them. Tests pass a number to pretend.
     timeout_s: how long to wait for a GPU when all are claimed; None waits as long as it
         takes (a queued job simply starts when another one finishes).
     Raises NoFreeDevice when the timeout passes with every GPU still claimed.
     """
     if wanted == "cpu":
         return _announce(DeviceClaim("cpu", os.environ.get("CUDA_VISIBLE_DEVICES"), "training.device is 'cpu'"))
-    if n_devices is None:
-        n_devices = count_cuda_devices()
     preset = os.environ.get("CUDA_VISIBLE_DEVICES")
     if preset is not None:
+        if n_devices is None:
+            import torch  # CUDA may initialise now: the visible devices are decided already
+
+            n_devices = torch.cuda.device_count()
         # An empty value hides every GPU. SLURM also sets it on a node whose torch has no
         # CUDA (or whose "GPU" is a stand-in, as in the test cluster): that is the CPU too.
         has_cuda = preset.strip() != "" and n_devices > 0
         reason = f"CUDA_VISIBLE_DEVICES={preset!r} was set before the run (by SLURM or the user) and is kept"
+        if not has_cuda:
+            reason += "; torch sees no CUDA device through it"
         return _announce(DeviceClaim("cuda" if has_cuda else "cpu", preset, reason))
+
+    if n_devices is None:
+        n_devices = count_cuda_devices()
     if n_devices == 0:
         return _announce(DeviceClaim("cpu", None, "no CUDA device on this machine"))
 

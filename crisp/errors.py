@@ -21,7 +21,11 @@ class TrainingInterrupted(RuntimeError):
     """Training stopped on SIGTERM after saving a checkpoint; running it again resumes."""
 
 
-USER_ERRORS = (ConfigError, DataError, HubUnreachableError, TrainingInterrupted, FileNotFoundError, KeyError)
+class NoFreeDevice(RuntimeError):
+    """Every GPU stayed claimed by other processes until the timeout."""
+
+
+USER_ERRORS = (ConfigError, DataError, HubUnreachableError, TrainingInterrupted, NoFreeDevice, FileNotFoundError, KeyError)
 
 
 def exit_code(error: BaseException) -> int:

@@ -3,7 +3,6 @@ and pyproject.toml understand, so a typo fails here and not on a cluster."""
 
 import inspect
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -11,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import REPO, copy_repository
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILES = {name: REPO / "profiles" / name / "config.yaml" for name in ("default", "slurm")}
 ENV_FILE = REPO / "envs" / "crisp.yaml"
-NOT_COPIED = shutil.ignore_patterns(".git", "results", "logs", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache")
 
 # Resources Snakemake itself knows, whatever the executor.
 SNAKEMAKE_RESOURCES = {"mem", "mem_mb", "mem_mib", "disk", "disk_mb", "disk_mib", "runtime", "tmpdir", "threads", "gpu"}
@@ -125,8 +123,7 @@ def test_conda_environment_has_the_dependencies_of_pyproject():
 def dry_run(tmp_path: Path, *options: str) -> str:
     if not (REPO / "Snakefile").exists() or not (REPO / ".test" / "config.yaml").exists():
         pytest.skip("the workflow (Snakefile, .test/config.yaml) does not exist yet")
-    workdir = tmp_path / "repo"
-    shutil.copytree(REPO, workdir, ignore=NOT_COPIED)
+    workdir = copy_repository(tmp_path / "repo")
     (workdir / "gpu.yaml").write_text("training: {device: auto}\n")
     command = [sys.executable, "-m", "snakemake", "--dry-run", "--configfile", ".test/config.yaml", "gpu.yaml", *options]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=120)

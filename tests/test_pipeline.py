@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
-import shutil
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,53 +15,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from workflow_helpers import REPO as ROOT
+from workflow_helpers import copy_repository, job_stats, run_snakemake
+
 SMOKE = ".test/config.yaml"
-COPIED = ["Snakefile", "workflow", "crisp", "config.yaml", "config", ".test", "profiles", "envs"]
 
 pytestmark = pytest.mark.pipeline
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        ["snakemake", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
-
-
 def planned_jobs(workdir: Path, *args: str) -> Counter:
-    """Jobs a dry run would execute, by rule, read from Snakemake's 'Job stats' table."""
-    result = snakemake(workdir, "--dry-run", "--cores", "2", *args)
-    output = result.stdout + result.stderr
-    if "Nothing to be done" in output:
-        return Counter()
-    table = output[output.index("Job stats:") :]
-    jobs = Counter()
-    for line in table.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        if match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-    return jobs
-
-
-def copy_repository(destination: Path) -> Path:
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__", "results"), symlinks=True)
-        elif source.exists():
-            shutil.copy2(source, destination / name)
-    return destination
+    """Jobs a dry run would execute, by rule."""
+    result = run_snakemake(workdir, "--dry-run", "--cores", "2", *args)
+    return job_stats(result.stdout + result.stderr)
 
 
 def write_overlay(workdir: Path, name: str, overrides: dict) -> str:
@@ -88,7 +49,7 @@ def smoke(tmp_path_factory):
     """The smoke pipeline, run to completion once in a copy of the repository."""
     workdir = copy_repository(tmp_path_factory.mktemp("pipeline") / "repo")
     started = time.perf_counter()
-    snakemake(workdir, "--cores", "2", "--configfile", SMOKE)
+    run_snakemake(workdir, "--cores", "2", "--configfile", SMOKE)
     print(f"smoke pipeline: {time.perf_counter() - started:.1f} s")
     config = yaml.safe_load((workdir / SMOKE).read_text())
     return workdir, workdir / config["results"]
@@ -134,7 +95,7 @@ def test_smoke_pipeline_produces_every_table_and_figure(smoke):
 def test_second_run_does_nothing(smoke):
     workdir, _ = smoke
     started = time.perf_counter()
-    result = snakemake(workdir, "--cores", "2", "--configfile", SMOKE)
+    result = run_snakemake(workdir, "--cores", "2", "--configfile", SMOKE)
     elapsed = time.perf_counter() - started
     assert "Nothing to be done" in result.stdout + result.stderr
     print(f"no-op rerun: {elapsed:.1f} s")
@@ -203,7 +164,7 @@ def test_offline_paper_config_fails_fast_pointing_to_the_demo(tmp_path):
     workdir = copy_repository(tmp_path / "repo")
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}
     started = time.perf_counter()
-    result = snakemake(workdir, "--cores", "1", "prepare_data", check=False, env=env, timeout=300)
+    result = run_snakemake(workdir, "--cores", "1", "prepare_data", check=False, env=env, timeout=300)
     elapsed = time.perf_counter() - started
     assert result.returncode != 0
     log = (workdir / "results" / "logs" / "prepare_data.log").read_text()
@@ -213,7 +174,7 @@ def test_offline_paper_config_fails_fast_pointing_to_the_demo(tmp_path):
 
 def test_report_has_every_figure_with_its_caption(smoke):
     workdir, _ = smoke
-    snakemake(workdir, "--configfile", SMOKE, "--report", "report.html")
+    run_snakemake(workdir, "--configfile", SMOKE, "--report", "report.html")
     html = (workdir / "report.html").read_text(errors="replace")
     from crisp.figures import FIGURES
 
@@ -234,6 +195,6 @@ def test_report_has_every_figure_with_its_caption(smoke):
 def test_workflow_rejects_a_bad_config_before_any_job(tmp_path, overlay, key):
     workdir = copy_repository(tmp_path / "repo")
     name = write_overlay(workdir, "bad.yaml", overlay)
-    result = snakemake(workdir, "--dry-run", "--configfile", SMOKE, name, check=False)
+    result = run_snakemake(workdir, "--dry-run", "--configfile", SMOKE, name, check=False)
     assert result.returncode != 0
     assert f"'{key}'" in result.stdout + result.stderr

@@ -16,7 +16,6 @@ running its own Snakemake).
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -27,12 +26,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from slurm.cluster import SlurmUnavailable, job_record, start_cluster  # noqa: E402
+from workflow_helpers import copy_repository, job_stats  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
-# Generated or machine-local: not part of the pipeline under test.
-NOT_COPIED = shutil.ignore_patterns(".git", "results", "logs", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache")
 # On top of .test/config.yaml: one seed keeps the run short, and device "auto" makes finetune
 # ask for a GPU (the smoke configuration trains on the CPU and asks for none).
 SLURM_TEST_CONFIG = {"training": {"device": "auto"}, "seeds": [0]}
@@ -63,8 +60,7 @@ def slurm_cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline_run(slurm_cluster, tmp_path_factory):
     """Run the smoke pipeline once through SLURM; yields (workdir, Snakemake's output, seconds)."""
-    workdir = tmp_path_factory.mktemp("pipeline") / "repo"
-    shutil.copytree(REPO, workdir, ignore=NOT_COPIED)
+    workdir = copy_repository(tmp_path_factory.mktemp("pipeline") / "repo")
     (workdir / "slurm-test.yaml").write_text(yaml.safe_dump(SLURM_TEST_CONFIG))
     command = [
         sys.executable, "-m", "snakemake",
@@ -91,13 +87,8 @@ def submissions(output: str) -> list[tuple[str, str]]:
 
 
 def planned_jobs(output: str) -> dict[str, int]:
-    """Snakemake's 'Job stats' table: rule -> number of jobs (the target rule `all` runs no job)."""
-    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
-    counts = {}
-    for line in table.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+    """rule -> number of jobs Snakemake planned (the target rule `all` runs no job)."""
+    counts = dict(job_stats(output))
     counts.pop("all", None)
     return counts
 

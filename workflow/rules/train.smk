@@ -21,8 +21,10 @@ rule finetune:
         "../../envs/crisp.yaml"
     threads: config["training"]["threads"]
     resources:
-        mem_mb=config["training"]["mem_mb"],
-        runtime=config["training"]["runtime_min"],
+        # A retry (e.g. after an out-of-memory kill or a time limit) asks for more; training
+        # resumes from its last checkpoint either way.
+        mem_mb=lambda wildcards, attempt: config["training"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: config["training"]["runtime_min"] * attempt,
         gpu=0 if config["training"]["device"] == "cpu" else 1,
     shell:
         "python -m crisp train --config {CONFIG_FILE} --experiment {wildcards.experiment} --seed {wildcards.seed}"
