@@ -8,6 +8,8 @@ bad configuration stops before any job runs, with a message naming the key.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -55,8 +57,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"configuration file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        # JSON is YAML, but PyYAML (YAML 1.1) reads JSON's 1e-05 as a string: parse JSON as JSON.
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
         raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from error
     if data is None:
         return {}
@@ -89,7 +92,11 @@ def validate_config(config: dict) -> dict:
         best = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
         if best is None:
             raise ConfigError(str(error)) from None
-        raise ConfigError(f"config key '{_key_path(best) or '(top level)'}': {best.message}") from None
+        hint = ""
+        if best.validator == "type" and isinstance(best.instance, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", best.instance):
+            # YAML 1.1 wants a decimal point and a signed exponent in a float.
+            hint = f" (YAML reads {best.instance} as text: write it as {float(best.instance):.1e})"
+        raise ConfigError(f"config key '{_key_path(best) or '(top level)'}': {best.message}{hint}") from None
 
     from crisp.attention import available_patterns
 

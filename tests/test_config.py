@@ -89,3 +89,19 @@ def test_schema_defaults_fill_a_partial_section():
     assert dataset["text_column"] == "sentence" and dataset["max_train_examples"] is None
     assert dataset["synthetic"]["label_noise"] == 0.05
     assert "name" not in dataset  # required keys have no default
+
+
+def test_resolved_json_round_trips_small_floats(tmp_path):
+    import json
+
+    config = load_config([ROOT / "config.yaml"])
+    path = tmp_path / "resolved.json"
+    path.write_text(json.dumps(config))  # 1e-05 in JSON: PyYAML alone would read it as text
+    assert load_config([path]) == config
+
+
+def test_exponent_without_decimal_point_gets_a_hint(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text((ROOT / "config.yaml").read_text().replace("learning_rate: 1.0e-5", "learning_rate: 2e-5"))
+    with pytest.raises(ConfigError, match=r"'training.learning_rate'.*write it as 2.0e-05"):
+        load_config([path])
