@@ -16,7 +16,8 @@ min_version("9.0")
 # Run the crisp package of this checkout, in the workflow and in every job, so that the sources
 # declared as inputs (see crisp_sources) are the code that actually runs.
 sys.path.insert(0, workflow.basedir)
-shell.prefix("export PYTHONPATH=" + workflow.basedir + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+# (A prefix replaces Snakemake's default one, so it restates the strict mode.)
+shell.prefix("set -euo pipefail; export PYTHONPATH=" + workflow.basedir + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 
 configfile: "config.yaml"

@@ -1,10 +1,9 @@
 """Cost of the sparse attention, measured side by side in one run.
 
-    python benchmarks/attention_speed.py [--device cuda] [--tokens 128] [--batch 32]
+    python benchmarks/attention_speed.py [--device cuda] [--tokens 128] [--batch 16]
 
-Times forward + backward of one DistilBERT-sized encoder layer's attention (12 heads, 768 wide)
-and of a whole DistilBERT-sized model, with eager attention, SDPA, and crisp's attention at
-several patterns, and prints each as a ratio to eager. A top-k mask is computed from the dense
+Times forward + backward of a 2-layer DistilBERT-sized model (12 heads, 768 wide) with eager
+attention, SDPA, and crisp's attention at several patterns, and prints each as a ratio to eager. A top-k mask is computed from the dense
 scores, so it adds work rather than saving it: this is the "as executed" view of crisp.flops.
 """
 

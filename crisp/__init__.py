@@ -11,8 +11,9 @@ and figures (crisp.tables, crisp.figures), and the command line the Snakemake ru
 __version__ = "0.1.0"
 
 
-def sparsify(model, pattern: str = "topk", sparsity: float = 0.8, **pattern_options):
-    """Put structured sparsity into `model`'s attention (see crisp.attention.sparsify)."""
+def sparsify(model, *args, **kwargs):
+    """Put structured sparsity into `model`'s attention: crisp.attention.sparsify, imported on
+    first use so that `import crisp` (and `crisp --help`) stays fast."""
     from crisp.attention import sparsify as _sparsify
 
-    return _sparsify(model, pattern=pattern, sparsity=sparsity, **pattern_options)
+    return _sparsify(model, *args, **kwargs)

@@ -15,25 +15,21 @@ the same YAML format as config.yaml (`--config FILE`, repeatable, later files wi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML configuration file; repeat to layer files (later wins)")
-    group.add_argument("--config-json", metavar="JSON", help="a whole configuration as one JSON object (what the Snakemake rules pass)")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides", help="override one key, e.g. --set training.learning_rate=3e-5")
 
 
 def _load_config(args) -> dict:
     from crisp.config import ConfigError, load_config
 
-    if not args.config and not args.config_json:
-        raise ConfigError("no configuration given: pass --config config.yaml (or --config-json)")
-    base = json.loads(args.config_json) if args.config_json else None
-    return load_config(args.config, args.overrides, base=base)
+    if not args.config:
+        raise ConfigError("no configuration given: pass --config config.yaml")
+    return load_config(args.config, args.overrides)
 
 
 def cmd_config(args) -> None:
@@ -52,10 +48,11 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from crisp.config import checkpoint_dir
     from crisp.devices import claim_device
 
     config = _load_config(args)
-    checkpoints = args.checkpoints or str(Path(config["results"]) / "checkpoints" / args.experiment / f"seed{args.seed}")
+    checkpoints = args.checkpoints or checkpoint_dir(config, args.experiment, args.seed)
     # Claim a GPU before torch initialises CUDA: concurrent jobs on one workstation each get their own.
     with claim_device(wanted=config["training"]["device"]) as device:
         print(f"Device: {device}", flush=True)
@@ -70,12 +67,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_profile(args) -> None:
+    from crisp.errors import ConfigError
     from crisp.flops import run_profile
     from crisp.modeling import load_model_config
 
     config = _load_config(args)
     if args.experiment not in config["experiments"]:
-        raise KeyError(f"experiment {args.experiment!r} is not in the configuration ({', '.join(config['experiments'])})")
+        raise ConfigError(f"experiment {args.experiment!r} is not in the configuration ({', '.join(config['experiments'])})")
     profiling = config["profiling"]
     run_profile(
         load_model_config(config["model"]),
@@ -92,7 +90,7 @@ def cmd_profile(args) -> None:
 def cmd_tables(args) -> None:
     from crisp.tables import write_tables
 
-    baseline = _load_config(args)["baseline"] if (args.config or args.config_json) else "dense_baseline"
+    baseline = _load_config(args)["baseline"] if args.config else None  # None: tables picks the dense one
     write_tables(args.runs, args.flops, args.out, baseline=baseline)
     print(f"Wrote tables to {args.out}")
 

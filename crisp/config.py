@@ -78,35 +78,61 @@ def _key_path(error) -> str:
     return ".".join(p for p in parts if p)
 
 
-def validate_config(config: dict) -> dict:
-    """Validate against the schema, fill in defaults (in place) and check cross-key rules."""
+def _validator():
+    """A JSON-schema validator that also fills in the schema's defaults (the jsonschema FAQ
+    recipe, as snakemake.utils.validate does), so the library needs no Snakemake to validate."""
     import jsonschema
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
 
-    try:
-        validate(config, str(SCHEMA_PATH), set_default=True)
-    except WorkflowError as error:
-        # Snakemake's message is the raw jsonschema dump; name the offending key instead.
-        schema = yaml.safe_load(SCHEMA_PATH.read_text())
-        best = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-        if best is None:
-            raise ConfigError(str(error)) from None
-        hint = ""
-        if best.validator == "type" and isinstance(best.instance, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", best.instance):
-            # YAML 1.1 wants a decimal point and a signed exponent in a float.
-            hint = f" (YAML reads {best.instance} as text: write it as {float(best.instance):.1e})"
-        raise ConfigError(f"config key '{_key_path(best) or '(top level)'}': {best.message}{hint}") from None
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
 
-    from crisp.attention import available_patterns
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from check_properties(validator, properties, instance, schema)
 
-    known = available_patterns()
+    with_defaults = jsonschema.validators.extend(base, {"properties": properties_with_defaults})
+    return with_defaults(yaml.safe_load(SCHEMA_PATH.read_text()))
+
+
+def _schema_error(error) -> ConfigError:
+    hint = ""
+    if error.validator == "type" and isinstance(error.instance, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", error.instance):
+        # YAML 1.1 wants a decimal point and a signed exponent in a float.
+        hint = f" (YAML reads {error.instance} as text: write it as {float(error.instance):.1e})"
+    return ConfigError(f"config key '{_key_path(error) or '(top level)'}': {error.message}{hint}")
+
+
+def validate_config(config: dict) -> dict:
+    """Validate against the schema, fill in defaults (in place) and check cross-key rules.
+
+    An experiment set to null is removed: a later file can drop one that an earlier file defines
+    (Snakemake merges config files, so config.yaml's experiments are always there otherwise).
+    """
+    import jsonschema
+
+    if isinstance(config.get("experiments"), dict):
+        config["experiments"] = {name: spec for name, spec in config["experiments"].items() if spec is not None}
+    best = jsonschema.exceptions.best_match(_validator().iter_errors(config))
+    if best is not None:
+        raise _schema_error(best)
+
+    from crisp.attention import PATTERNS, SparseAttentionSettings
+
     for name, experiment in config["experiments"].items():
-        if experiment["pattern"] not in known:
+        if experiment["pattern"] not in PATTERNS:
             raise ConfigError(
                 f"config key 'experiments.{name}.pattern': unknown pattern {experiment['pattern']!r}; "
-                f"known patterns: {', '.join(sorted(known))}"
+                f"known patterns: {', '.join(sorted(PATTERNS))}"
             )
+        # The checks sparsify() makes, first without the options, so the message names the right key.
+        for key, options in (("sparsity", {}), ("options", experiment["options"])):
+            try:
+                SparseAttentionSettings(experiment["pattern"], experiment["sparsity"], options)
+            except ValueError as error:
+                raise ConfigError(f"config key 'experiments.{name}.{key}': {error}") from None
     dataset = config["dataset"]
     if dataset["name"] == "local":
         for key in ("train_file", "validation_file"):
@@ -165,3 +191,9 @@ def run_settings(config: dict, experiment: str, seed: int) -> dict:
         "training": {k: v for k, v in config["training"].items() if k not in ("keep_checkpoints", "threads", "mem_mb", "runtime_min")},
         **{f"attention_{k}": v for k, v in config["experiments"][experiment].items()},
     }
+
+
+def checkpoint_dir(config: dict, experiment: str, seed: int) -> str:
+    """Where a run keeps its resume checkpoints: outside its outputs, which Snakemake deletes
+    before rerunning a job."""
+    return str(Path(config["results"]) / "checkpoints" / experiment / f"seed{seed}")

@@ -25,7 +25,7 @@ class NoFreeDevice(RuntimeError):
     """Every GPU stayed claimed by other processes until the timeout."""
 
 
-USER_ERRORS = (ConfigError, DataError, HubUnreachableError, TrainingInterrupted, NoFreeDevice, FileNotFoundError, KeyError)
+USER_ERRORS = (ConfigError, DataError, HubUnreachableError, TrainingInterrupted, NoFreeDevice, FileNotFoundError)
 
 
 def exit_code(error: BaseException) -> int:

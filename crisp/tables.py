@@ -67,10 +67,6 @@ SUMMARY_COLUMNS = [
     "mcnemar_seeds", "mcnemar_examples", "mcnemar_gained", "mcnemar_lost", "mcnemar_p_value",
 ]
 
-FLOPS_COLUMNS = [
-    "experiment", "pattern", "sparsity", "seq_len", "view", "component", "pass",
-    "dense_flops", "flops", "reduction",
-]
 FLOPS_VIEWS = {
     "as_executed": "As executed, whole layer (%)",
     "ideal_sparse": "Ideal sparse kernel, whole layer (%)",
@@ -396,7 +392,7 @@ def write_summary_latex(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -
 
 def load_flops_rows(flops_paths: Iterable[str | Path]) -> pd.DataFrame:
     """The long FLOPs table from results/flops/<experiment>.json files."""
-    from crisp.flops import flops_rows  # imported here so the run tables need no FLOPs module
+    from crisp.flops import ROW_COLUMNS, flops_rows  # imported here so the run tables need no FLOPs module
 
     frames = []
     for path in flops_paths:
@@ -406,12 +402,12 @@ def load_flops_rows(flops_paths: Iterable[str | Path]) -> pd.DataFrame:
             raise ValueError(f"{path}: cannot read the FLOPs result ({error}); rerun `crisp profile` for it.") from None
         frames.append(pd.DataFrame(flops_rows(report)))
     if not frames:
-        return pd.DataFrame(columns=FLOPS_COLUMNS)
+        return pd.DataFrame(columns=list(ROW_COLUMNS))
     flops = pd.concat(frames, ignore_index=True)
-    missing = set(FLOPS_COLUMNS) - set(flops.columns)
+    missing = set(ROW_COLUMNS) - set(flops.columns)
     if missing:
         raise ValueError(f"crisp.flops.flops_rows returned rows without column(s) {sorted(missing)}.")
-    return flops[FLOPS_COLUMNS]
+    return flops[list(ROW_COLUMNS)]
 
 
 def flops_reductions(flops: pd.DataFrame) -> pd.DataFrame:

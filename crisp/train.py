@@ -13,6 +13,7 @@ before preemption) saves a checkpoint at the next step and stops.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from crisp.attention import sparsify
 from crisp.config import run_settings, tokenizer_spec
 from crisp.data import collator, load_prepared, read_stats
-from crisp.errors import TrainingInterrupted
+from crisp.errors import ConfigError, TrainingInterrupted
 from crisp.modeling import load_model, load_tokenizer
 
 RUN_CONFIG_FILE = "crisp_run_config.json"
@@ -52,7 +53,7 @@ def choose_hardware(training: dict) -> Hardware:
     if device == "auto":
         device = "cuda" if cuda else "cpu"
     if device == "cuda" and not cuda:
-        raise RuntimeError(
+        raise ConfigError(
             "config key 'training.device' is 'cuda' but torch sees no CUDA device "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
             "use 'auto' or 'cpu' on this machine"
@@ -61,7 +62,7 @@ def choose_hardware(training: dict) -> Hardware:
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
     if device == "cpu" and precision == "fp16":
-        raise RuntimeError("config key 'training.precision': fp16 needs CUDA; use fp32 or bf16 on CPU")
+        raise ConfigError("config key 'training.precision': fp16 needs CUDA; use fp32 or bf16 on CPU")
     return Hardware(device, precision)
 
 
@@ -84,6 +85,23 @@ class _StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class _LogLastStep(TrainerCallback):
+    """Log the training loss at the last step too, so the final train loss is really final."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
+def _code_digest() -> str:
+    """A hash of the modules that define what training computes."""
+    digest = hashlib.sha256()
+    for module in ("train", "attention", "modeling", "data"):
+        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _accuracy(eval_prediction) -> dict:
@@ -242,7 +260,7 @@ def train_run(config: dict, experiment: str, seed: int, data_dir: str | Path, ru
     """Train one (experiment, seed) on the prepared data and write metrics.json, history.csv,
     predictions.csv and attention.json into `run_dir`. Returns the metrics."""
     if experiment not in config["experiments"]:
-        raise KeyError(f"experiment {experiment!r} is not in the configuration's experiments ({', '.join(config['experiments'])})")
+        raise ConfigError(f"experiment {experiment!r} is not in the configuration's experiments ({', '.join(config['experiments'])})")
     run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
     training = config["training"]
     attention = config["experiments"][experiment]
@@ -259,7 +277,8 @@ def train_run(config: dict, experiment: str, seed: int, data_dir: str | Path, ru
     sparsify(model, pattern=attention["pattern"], sparsity=attention["sparsity"], **attention.get("options", {}))
 
     settings = run_settings(config, experiment, seed)
-    resume_from = _prepare_checkpoint_dir(checkpoint_dir, settings)
+    # Checkpoints resume only the same settings run by the same training code.
+    resume_from = _prepare_checkpoint_dir(checkpoint_dir, {**settings, "code": _code_digest()})
     stop_on_signal = _StopOnSignal()
     trainer = Trainer(
         model=model,
@@ -268,7 +287,7 @@ def train_run(config: dict, experiment: str, seed: int, data_dir: str | Path, ru
         eval_dataset=data["validation"].select_columns(["input_ids", "attention_mask", "labels"]),
         data_collator=collator(tokenizer),
         compute_metrics=_accuracy,
-        callbacks=[stop_on_signal],
+        callbacks=[stop_on_signal, _LogLastStep()],
     )
     start_step = int(json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]) if resume_from else 0
     started = time.perf_counter()
@@ -283,7 +302,8 @@ def train_run(config: dict, experiment: str, seed: int, data_dir: str | Path, ru
     validation_metrics, predictions = _evaluate(trainer, data["validation"].select_columns(["input_ids", "attention_mask", "labels"]))
     history = _history(trainer.state.log_history)
     logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    examples_seen = (trainer.state.global_step - start_step) * training["batch_size"] * training["gradient_accumulation_steps"]
+    trained_steps = trainer.state.global_step - start_step
+    examples_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
 
     metrics = {
         "experiment": experiment,
@@ -299,11 +319,14 @@ def train_run(config: dict, experiment: str, seed: int, data_dir: str | Path, ru
         "steps": trainer.state.global_step,
         "resumed_from_step": start_step,
         "wall_time_s": round(train_seconds, 3),
-        "train_examples_per_s": round(examples_seen / train_seconds, 3) if train_seconds > 0 else None,
+        # Measured on this attempt's steps (the last partial batch counted as full); none when a
+        # restart found training already finished.
+        "train_examples_per_s": round(trained_steps * examples_per_step / train_seconds, 3) if trained_steps > 0 else None,
         "device": hardware.device,
         "precision": hardware.precision,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "config": settings,
+        "run_settings": settings,
+        "config": config,
         "versions": software_versions(),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
@@ -317,4 +340,8 @@ def train_run(config: dict, experiment: str, seed: int, data_dir: str | Path, ru
     _write_json(run_dir / "metrics.json", metrics)  # last: its presence means the run is complete
     if not training["keep_checkpoints"]:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        try:
+            checkpoint_dir.parent.rmdir()  # <experiment>/ once its last seed is done
+        except OSError:
+            pass
     return metrics

@@ -105,3 +105,22 @@ def test_exponent_without_decimal_point_gets_a_hint(tmp_path):
     path.write_text((ROOT / "config.yaml").read_text().replace("learning_rate: 1.0e-5", "learning_rate: 2e-5"))
     with pytest.raises(ConfigError, match=r"'training.learning_rate'.*write it as 2.0e-05"):
         load_config([path])
+
+
+def test_a_later_file_can_drop_an_experiment(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("experiments:\n  light_sparse: null\n  random_sparse: {pattern: random, sparsity: 0.8}\n")
+    config = load_config([ROOT / "config.yaml", mine])
+    assert list(config["experiments"]) == ["dense_baseline", "moderate_sparse", "aggressive_sparse", "random_sparse"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("experiments.dense_baseline.sparsity=0.5", "experiments.dense_baseline.sparsity"),
+        ("experiments.light_sparse.options={window: 3}", "experiments.light_sparse.options"),
+    ],
+)
+def test_experiments_are_checked_as_sparsify_would(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config([ROOT / "config.yaml"], [override])

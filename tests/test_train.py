@@ -54,12 +54,15 @@ def test_fine_tuning_beats_chance_and_writes_the_run_folder(setup):
     assert validation["accuracy"] >= 0.75, validation
     assert metrics["train_loss"] < 0.5
     assert metrics["steps"] == 200 and metrics["epochs"] == 10
-    assert metrics["config"]["attention_pattern"] == "dense"
+    assert metrics["run_settings"]["attention_pattern"] == "dense"
+    assert metrics["config"]["seeds"] == config["seeds"]  # the full resolved configuration
+    assert metrics["train_examples_per_s"] > 0
     assert {"torch", "transformers", "datasets"} <= set(metrics["versions"])
     assert "git_commit" in metrics
 
     history = read_csv(root / "learn" / "history.csv")
     assert len(history) == 10 * config["training"]["evals_per_epoch"]
+    assert float(history[-1]["train_loss"]) == metrics["train_loss"]  # logged at the very last step
     assert float(history[-1]["validation_loss"]) < float(history[0]["validation_loss"])
 
     predictions = read_csv(root / "learn" / "predictions.csv")

@@ -39,8 +39,15 @@ DATA = f"{R}/data/{dataset_slug(config['dataset'])}/{model_slug(tokenizer_spec(c
 
 
 def crisp_sources(*modules):
-    """The crisp modules a rule runs: declared as inputs so that editing one reruns the rule."""
-    return [str(Path(workflow.basedir) / "crisp" / f"{module}.py") for module in modules]
+    """The crisp modules a rule runs (besides the command line and configuration every rule
+    goes through): declared as inputs so that editing one reruns the rule."""
+    return [str(Path(workflow.basedir) / "crisp" / f"{module}.py") for module in ("cli", "config", "errors", *modules)]
+
+
+def local_data_files():
+    """A local dataset's files, so that editing them reruns prepare_data and what follows."""
+    dataset = config["dataset"]
+    return [dataset["train_file"], dataset["validation_file"]] if dataset["name"] == "local" else []
 
 
 def training_settings(wildcards):

@@ -1,6 +1,7 @@
 rule prepare_data:
     """Load, validate and tokenise the dataset once; every experiment and seed reuses it."""
     input:
+        files=local_data_files(),
         code=crisp_sources("data", "modeling"),
     output:
         directory(DATA),

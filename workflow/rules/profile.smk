@@ -1,7 +1,7 @@
 rule profile_flops:
     """Analytic FLOPs (as executed, ideal sparse, the paper's accounting) plus a measured count."""
     input:
-        code=crisp_sources("flops", "attention"),
+        code=crisp_sources("flops", "attention", "modeling"),
     output:
         f"{R}/flops/{{experiment}}.json",
     params:

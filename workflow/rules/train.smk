@@ -1,6 +1,7 @@
 rule finetune:
     """Fine-tune one experiment with one seed. Resume checkpoints live outside the outputs
-    (<results>/checkpoints/...), so Snakemake's clean-up before a rerun does not delete them."""
+    (<results>/checkpoints/<experiment>/seed<seed>/, crisp.config.checkpoint_dir), so Snakemake's
+    clean-up before a rerun does not delete them."""
     input:
         data=DATA,
         code=crisp_sources("train", "attention", "modeling", "data", "devices"),
@@ -8,7 +9,6 @@ rule finetune:
         [f"{R}/runs/{{experiment}}/seed{{seed}}/{file}" for file in RUN_FILES],
     params:
         settings=training_settings,
-        checkpoints=lambda w: f"{R}/checkpoints/{w.experiment}/seed{w.seed}",
         run_dir=lambda w: f"{R}/runs/{w.experiment}/seed{w.seed}",
     log:
         f"{R}/logs/finetune/{{experiment}}/seed{{seed}}.log",
@@ -28,4 +28,4 @@ rule finetune:
         gpu=0 if config["training"]["device"] == "cpu" else 1,
     shell:
         "python -m crisp train --config {CONFIG_FILE} --experiment {wildcards.experiment} --seed {wildcards.seed}"
-        " --data {input.data} --out {params.run_dir} --checkpoints {params.checkpoints} > {log} 2>&1"
+        " --data {input.data} --out {params.run_dir} > {log} 2>&1"
