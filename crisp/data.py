@@ -36,7 +36,7 @@ import transformers
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from crisp.config import merge, schema_defaults
-from crisp.errors import DataError
+from crisp.errors import ConfigError, DataError
 from crisp.modeling import MODEL_OFFLINE_VARIABLES, load_tokenizer, require_hub
 
 SPLITS = ("train", "validation")
@@ -396,8 +396,8 @@ def prepare(dataset_cfg: dict, tokenizer_spec: str, max_length: int, out_dir: st
     tokenizer = load_tokenizer(tokenizer_spec)
     model_limit = tokenizer.model_max_length
     if not 8 <= max_length <= model_limit:
-        raise ValueError(f"max_length is {max_length}; it must be between 8 and {model_limit} "
-                         f"(what the tokenizer of '{tokenizer_spec}' supports).")
+        raise ConfigError(f"config key 'max_length': {max_length}; it must be between 8 and {model_limit} "
+                          f"(what the tokenizer of '{tokenizer_spec}' supports).")
     raw = load_raw_dataset(cfg)
     tokenized = tokenize(raw, tokenizer, max_length)
     stats = {**settings, "label_names": raw["train"].features["label"].names,

@@ -13,6 +13,7 @@ import torch
 
 from crisp import data
 from crisp.data import DataError, generate_synthetic, load_prepared, load_raw_dataset, prepare
+from crisp.errors import ConfigError
 from crisp.modeling import HubUnreachableError, load_tokenizer
 
 TOKENIZER = "tiny:bert"  # the bundled MiniLM vocabulary, loaded from disk
@@ -352,7 +353,7 @@ def test_an_interrupted_prepare_leaves_nothing_that_looks_prepared(tmp_path, mon
 
 
 def test_prepare_rejects_a_max_length_the_model_cannot_take(tmp_path):
-    with pytest.raises(ValueError, match="max_length is 1024"):
+    with pytest.raises(ConfigError, match="'max_length': 1024"):
         prepare(SMALL_SYNTHETIC, TOKENIZER, max_length=1024, out_dir=tmp_path / "prepared")
 
 
