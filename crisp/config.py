@@ -60,7 +60,7 @@ def read_yaml(path: str | Path) -> dict:
         # JSON is YAML, but PyYAML (YAML 1.1) reads JSON's 1e-05 as a string: parse JSON as JSON.
         data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
     except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from error
+        raise ConfigError(f"configuration file {path} cannot be parsed: {error}") from error
     if data is None:
         return {}
     if not isinstance(data, dict):

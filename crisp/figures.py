@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # object API: no pyplot state, no display backend needed
 from matplotlib.lines import Line2D
 
+from crisp.errors import DataError
 from crisp.tables import (
     PAPER_EXAMPLES,
     PAPER_REPORTED,
@@ -218,13 +219,13 @@ def read_attention(run_dir: Path) -> dict:
     attention = json.loads(path.read_text())
     for key in ("experiment", "seed", "text", "tokens", "layers"):
         if key not in attention:
-            raise ValueError(f"{path} has no key '{key}'; rerun `crisp train` for this run to rewrite it.")
+            raise DataError(f"{path} has no key '{key}'; rerun `crisp train` for this run to rewrite it.")
     size = len(attention["tokens"])
     for layer, matrix in enumerate(attention["layers"]):
         if np.shape(matrix) != (size, size):
-            raise ValueError(f"{path}: layer {layer} is {np.shape(matrix)}, expected {size} x {size} (one row and column per token).")
+            raise DataError(f"{path}: layer {layer} is {np.shape(matrix)}, expected {size} x {size} (one row and column per token).")
     if not attention["layers"]:
-        raise ValueError(f"{path} has an empty 'layers' list.")
+        raise DataError(f"{path} has an empty 'layers' list.")
     return attention
 
 
@@ -299,7 +300,7 @@ def read_run_artifacts(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, di
             history = pd.read_csv(run_dir / "history.csv")
             missing = {"step", "train_loss", "validation_loss"} - set(history.columns)
             if missing:
-                raise ValueError(f"{run_dir / 'history.csv'} lacks column(s) {sorted(missing)}.")
+                raise DataError(f"{run_dir / 'history.csv'} lacks column(s) {sorted(missing)}.")
             histories.append(history.assign(experiment=key[0], seed=key[1]))
         if (run_dir / "attention.json").exists():
             attentions[key] = read_attention(run_dir)

@@ -22,6 +22,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from crisp.errors import ConfigError, DataError
+
 BASELINE = "dense_baseline"
 
 # What arXiv 2508.06016 reports: (experiment, attention sparsity, validation accuracy in %).
@@ -98,14 +100,14 @@ def read_run(run: str | Path) -> dict:
             "`crisp train` writes metrics.json when a run ends."
         ) from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); the run was probably interrupted: rerun it.") from None
+        raise DataError(f"{path} is not valid JSON ({error}); the run was probably interrupted: rerun it.") from None
 
     row = {}
     for column, keys in RUN_FIELDS.items():
         value = metrics
         for key in keys:
             if not isinstance(value, dict) or key not in value:
-                raise ValueError(
+                raise DataError(
                     f"{path} has no key '{'.'.join(keys)}' (needed for column '{column}' of runs.csv). "
                     "It was written by an older or interrupted run: rerun `crisp train` for this experiment and seed."
                 )
@@ -114,7 +116,7 @@ def read_run(run: str | Path) -> dict:
 
     # Catches an accuracy written in percent, or correct/total from a different evaluation.
     if row["total"] and abs(row["validation_accuracy"] - row["correct"] / row["total"]) > 1e-4:
-        raise ValueError(
+        raise DataError(
             f"{path}: validation.accuracy = {row['validation_accuracy']} disagrees with "
             f"validation.correct / validation.total = {row['correct']}/{row['total']}; "
             "accuracy must be the fraction of correct examples (0-1)."
@@ -133,16 +135,16 @@ def collect_runs(runs: Iterable[str | Path]) -> pd.DataFrame:
     """runs.csv: one row per (experiment, seed), ordered by sparsity, experiment and seed."""
     paths = [metrics_path(run) for run in runs]
     if not paths:
-        raise ValueError("No runs given: pass at least one run folder that holds a metrics.json.")
+        raise DataError("No runs given: pass at least one run folder that holds a metrics.json.")
     table = pd.DataFrame([read_run(path) for path in paths], columns=RUN_COLUMNS)
 
     repeated = table.duplicated(["experiment", "seed"], keep=False)
     if repeated.any():
         clashing = [str(path) for path, clash in zip(paths, repeated) if clash]
-        raise ValueError(f"The same (experiment, seed) appears in several runs: {', '.join(clashing)}. Pass each run once.")
+        raise DataError(f"The same (experiment, seed) appears in several runs: {', '.join(clashing)}. Pass each run once.")
     for experiment, group in table.groupby("experiment"):
         if group["sparsity"].nunique() > 1 or group["pattern"].nunique() > 1:
-            raise ValueError(
+            raise DataError(
                 f"Runs of experiment '{experiment}' disagree on pattern/sparsity "
                 f"({sorted(set(zip(group['pattern'], group['sparsity'])))}): results of an older configuration "
                 "are mixed in. Delete the stale run folders or give the experiment a new name."
@@ -197,19 +199,19 @@ def read_predictions(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     frame = source if isinstance(source, pd.DataFrame) else pd.read_csv(source)
     missing = {"index", "label", "prediction"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{where} lacks column(s) {sorted(missing)}; expected index, label, prediction, probability.")
+        raise DataError(f"{where} lacks column(s) {sorted(missing)}; expected index, label, prediction, probability.")
     if frame["index"].duplicated().any():
-        raise ValueError(f"{where}: example index {frame['index'][frame['index'].duplicated()].iloc[0]} appears twice.")
+        raise DataError(f"{where}: example index {frame['index'][frame['index'].duplicated()].iloc[0]} appears twice.")
     return frame.set_index("index")[["label", "prediction"]]
 
 
 def paired_outcomes(baseline: pd.DataFrame, experiment: pd.DataFrame, where: str) -> tuple[int, int, int]:
     """(gained, lost, examples) for two runs' predictions of the same validation examples."""
     if set(baseline.index) != set(experiment.index):
-        raise ValueError(f"{where}: the two runs predicted different validation examples; pair only runs of one dataset.")
+        raise DataError(f"{where}: the two runs predicted different validation examples; pair only runs of one dataset.")
     experiment = experiment.loc[baseline.index]
     if not (baseline["label"] == experiment["label"]).all():
-        raise ValueError(f"{where}: the same example index has different labels; the runs used different validation data.")
+        raise DataError(f"{where}: the same example index has different labels; the runs used different validation data.")
     baseline_right = baseline["prediction"] == baseline["label"]
     experiment_right = experiment["prediction"] == experiment["label"]
     gained = int((~baseline_right & experiment_right).sum())
@@ -268,7 +270,7 @@ def summarize(
     when given for both sides of a seed, an exact McNemar test is added.
     """
     if baseline not in set(runs["experiment"]):
-        raise ValueError(
+        raise ConfigError(
             f"Baseline experiment '{baseline}' is not among the runs ({', '.join(experiment_order(runs))}); "
             "name one of these as baseline."
         )
@@ -399,7 +401,7 @@ def load_flops_rows(flops_paths: Iterable[str | Path]) -> pd.DataFrame:
         try:
             report = json.loads(Path(path).read_text())
         except (FileNotFoundError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: cannot read the FLOPs result ({error}); rerun `crisp profile` for it.") from None
+            raise DataError(f"{path}: cannot read the FLOPs result ({error}); rerun `crisp profile` for it.") from None
         frames.append(pd.DataFrame(flops_rows(report)))
     if not frames:
         return pd.DataFrame(columns=list(ROW_COLUMNS))

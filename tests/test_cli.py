@@ -63,3 +63,13 @@ def test_unknown_experiment_is_named(tmp_path, capsys):
     code = main(["profile", "--config", str(ROOT / "config.yaml"), "--experiment", "nope", "--out", str(tmp_path / "x.json")])
     assert code == 1
     assert "'nope'" in capsys.readouterr().err
+
+
+def test_a_broken_run_folder_is_one_clear_line(tmp_path, capsys):
+    run = tmp_path / "runs" / "dense_baseline" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"experiment": "dense_baseline"')  # cut short
+    code = main(["tables", "--runs", str(run), "--out", str(tmp_path / "tables")])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert "metrics.json is not valid JSON" in error and "Traceback" not in error
