@@ -2,10 +2,12 @@
 #
 #   snakemake --cores all                                   # the paper protocol (config.yaml; GPU + Hub)
 #   snakemake --cores all --configfile config/demo.yaml     # offline demo on a CPU
+#   snakemake --cores all --configfile config/glue.yaml     # GLUE x 3 encoders (cluster-sized)
 #   snakemake --report results/report.html                  # HTML report with every figure
 #
-# DAG: prepare_data -> finetune (experiment x seed) -> profile_flops -> aggregate -> figures.
-# Each rule is one `crisp` sub-command; the logic lives in the crisp package.
+# DAG, for every task x model x experiment x seed:
+#   data (per task and tokenizer) -> train (per run) -> tables -> figures; flops per model x experiment.
+# Each rule is one `crisp` sub-command of the same name; the logic lives in the crisp package.
 
 import sys
 
@@ -17,17 +19,32 @@ min_version("9.0")
 # declared as inputs (see crisp_sources) are the code that actually runs.
 sys.path.insert(0, workflow.basedir)
 # (A prefix replaces Snakemake's default one, so it restates the strict mode.)
-shell.prefix("set -euo pipefail; export PYTHONPATH=" + workflow.basedir + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH="
+    + workflow.basedir
+    + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+)
 
 
 configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    model="|".join(MODELS),
+    tokenizer="|".join(TOKENIZERS),
+    experiment="|".join(EXPERIMENTS),
+    seed=r"\d+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/profile.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/flops.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -1,15 +1,17 @@
-"""`crisp` command line: one sub-command per pipeline stage.
+"""`crisp` command line: one sub-command per pipeline stage, named as its rule, module and folder.
 
     crisp config   print the resolved, validated configuration
-    crisp prepare  tokenise the dataset once            -> results/data/<dataset>/<tokenizer>/
-    crisp train    fine-tune one (experiment, seed)     -> results/runs/<experiment>/seed<seed>/
-    crisp profile  FLOP account of one experiment       -> results/flops/<experiment>.json
+    crisp data     tokenise one task's data once        -> results/data/<task>/<tokenizer>/
+    crisp train    fine-tune one run                    -> results/runs/<task>/<model>/<experiment>/seed<seed>/
+    crisp flops    FLOP account of one model x experiment -> results/flops/<model>/<experiment>.json
     crisp tables   aggregate runs and FLOPs             -> results/tables/
     crisp figures  draw the figures                     -> results/figures/
+    crisp bench    speed and memory, as ratios measured side by side
 
-Each Snakemake rule is one of these calls. Every sub-command that needs the configuration reads
-the same YAML format as config.yaml (`--config FILE`, repeatable, later files win), accepts
-`--set key.path=value` overrides, and writes only into the paths it is given.
+A stage reads exactly its settings (crisp.settings): the Snakemake rules pass them as JSON with
+`--settings`; by hand, give `--config FILE` (repeatable, later files win, `--set key=value`
+overrides) and the run's names (--task, --model, --experiment, --seed), and the same settings are
+computed from the configuration. Every sub-command writes only into the paths it is given.
 """
 
 from __future__ import annotations
@@ -18,18 +20,53 @@ import argparse
 import sys
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("configuration")
-    group.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML configuration file; repeat to layer files (later wins)")
-    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides", help="override one key, e.g. --set training.learning_rate=3e-5")
+def _add_settings_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
+    group = parser.add_argument_group("settings (either --settings, or --config with the names below)")
+    group.add_argument(
+        "--settings", metavar="JSON", help="the stage's settings as JSON (what the Snakemake rule passes)"
+    )
+    group.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML configuration file; repeat to layer files (later wins)",
+    )
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one key, e.g. --set training.learning_rate=3e-5",
+    )
+    for name in names:
+        group.add_argument(f"--{name}", type=int if name == "seed" else str, help=f"with --config: the {name}")
 
 
 def _load_config(args) -> dict:
-    from crisp.config import ConfigError, load_config
+    from crisp.config import load_config
+    from crisp.errors import ConfigError
 
     if not args.config:
-        raise ConfigError("no configuration given: pass --config config.yaml")
+        raise ConfigError("no configuration given: pass --config config.yaml (or --settings JSON)")
     return load_config(args.config, args.overrides)
+
+
+def _settings(args, stage: str, names: tuple[str, ...]) -> dict:
+    """The stage's settings: as given with --settings, or computed from --config and the names."""
+    from crisp import settings as stage_settings
+    from crisp.errors import ConfigError
+
+    if args.settings:
+        if args.config or args.overrides:
+            raise ConfigError("give either --settings or --config/--set, not both")
+        return stage_settings.from_json(args.settings, stage)
+    config = _load_config(args)
+    missing = [f"--{name}" for name in names if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"crisp {stage} with --config needs {', '.join(missing)}")
+    return getattr(stage_settings, f"{stage}_settings")(config, *(getattr(args, name) for name in names))
 
 
 def cmd_config(args) -> None:
@@ -38,110 +75,132 @@ def cmd_config(args) -> None:
     print(yaml.safe_dump(_load_config(args), sort_keys=False), end="")
 
 
-def cmd_prepare(args) -> None:
-    from crisp.config import tokenizer_spec
+def cmd_data(args) -> None:
     from crisp.data import prepare
 
-    config = _load_config(args)
-    out = prepare(config["dataset"], tokenizer_spec(config), config["max_length"], args.out)
-    print(f"Prepared data in {out}")
+    if args.settings is None and args.tokenizer is None and args.model is not None:
+        from crisp.layout import tokenizer_of
+
+        args.tokenizer = tokenizer_of(args.model)
+    settings = _settings(args, "data", ("task", "tokenizer"))
+    out = prepare(settings["dataset"], settings["tokenizer"], settings["max_length"], args.out)
+    print(f"Prepared task {settings['task']} in {out}")
 
 
 def cmd_train(args) -> None:
-    from crisp.config import checkpoint_dir
     from crisp.devices import claim_device
 
-    config = _load_config(args)
-    checkpoints = args.checkpoints or checkpoint_dir(config, args.experiment, args.seed)
+    settings = _settings(args, "train", ("task", "model", "experiment", "seed"))
     # Claim a GPU before torch initialises CUDA: concurrent jobs on one workstation each get their own.
-    with claim_device(wanted=config["training"]["device"]) as device:
+    with claim_device(wanted=settings["training"]["device"]) as device:
         print(f"Device: {device}", flush=True)
         from crisp.train import train_run
 
-        metrics = train_run(config, args.experiment, args.seed, args.data, args.out, checkpoints)
+        metrics = train_run(
+            settings,
+            args.data,
+            args.out,
+            args.checkpoints,
+            threads=args.threads,
+            keep_checkpoints=args.keep_checkpoints,
+        )
     validation = metrics["validation"]
     print(
-        f"{args.experiment} seed {args.seed}: validation accuracy {validation['accuracy']:.4f} "
+        f"{settings['task']} / {settings['model']} / {settings['experiment']} seed {settings['seed']}: "
+        f"{metrics['metric']} {validation['primary']:.4f}, accuracy {validation['accuracy']:.4f} "
         f"({validation['correct']}/{validation['total']}), loss {validation['loss']:.4f}"
     )
 
 
-def cmd_profile(args) -> None:
-    from crisp.errors import ConfigError
+def cmd_flops(args) -> None:
     from crisp.flops import run_profile
-    from crisp.modeling import load_model_config
 
-    config = _load_config(args)
-    if args.experiment not in config["experiments"]:
-        raise ConfigError(f"experiment {args.experiment!r} is not in the configuration ({', '.join(config['experiments'])})")
-    profiling = config["profiling"]
-    run_profile(
-        load_model_config(config["model"]),
-        args.experiment,
-        config["experiments"][args.experiment],
-        profiling["sequence_lengths"],
-        args.out,
-        measure_seq_len=profiling["measure_seq_len"],
-        model_name=config["model"],
-    )
+    run_profile(_settings(args, "flops", ("model", "experiment")), args.out)
     print(f"Wrote {args.out}")
 
 
 def cmd_tables(args) -> None:
     from crisp.tables import write_tables
 
-    baseline = _load_config(args)["baseline"] if args.config else None  # None: tables picks the dense one
-    write_tables(args.runs, args.flops, args.out, baseline=baseline)
+    write_tables(args.runs, args.flops, args.out, _settings(args, "tables", ()))
     print(f"Wrote tables to {args.out}")
 
 
 def cmd_figures(args) -> None:
     from crisp.figures import write_figures
 
-    write_figures(args.tables, args.runs, args.out)
+    write_figures(args.tables, args.runs, args.out, _settings(args, "figures", ()))
     print(f"Wrote figures to {args.out}")
 
 
+def cmd_bench(args) -> None:
+    from crisp.bench import main as bench_main
+
+    bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crisp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="crisp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     config = commands.add_parser("config", help="print the resolved, validated configuration as YAML")
-    _add_config_arguments(config)
+    config.add_argument(
+        "--config", action="append", default=[], metavar="FILE", help="YAML configuration file; repeat to layer files"
+    )
+    config.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides", help="override one key"
+    )
     config.set_defaults(run=cmd_config)
 
-    prepare = commands.add_parser("prepare", help="load, validate and tokenise the dataset once (Arrow cache + stats.json)")
-    _add_config_arguments(prepare)
-    prepare.add_argument("--out", required=True, help="folder for the tokenised dataset")
-    prepare.set_defaults(run=cmd_prepare)
+    data = commands.add_parser("data", help="load, check and tokenise one task's data once (Arrow cache + stats.json)")
+    _add_settings_arguments(data, "task", "tokenizer")
+    data.add_argument("--model", help="with --config: tokenise for this model's tokenizer (instead of --tokenizer)")
+    data.add_argument("--out", required=True, help="folder for the tokenised data")
+    data.set_defaults(run=cmd_data)
 
-    train = commands.add_parser("train", help="fine-tune one experiment with one seed; resumes from its last checkpoint")
-    _add_config_arguments(train)
-    train.add_argument("--experiment", required=True, help="a name under 'experiments' in the configuration")
-    train.add_argument("--seed", required=True, type=int)
-    train.add_argument("--data", required=True, help="folder written by `crisp prepare`")
-    train.add_argument("--out", required=True, help="run folder for metrics.json, history.csv, predictions.csv, attention.json")
-    train.add_argument("--checkpoints", help="resume checkpoints (default: <results>/checkpoints/<experiment>/seed<seed>)")
+    train = commands.add_parser(
+        "train", help="fine-tune one (task, model, experiment, seed); resumes from its last checkpoint"
+    )
+    _add_settings_arguments(train, "task", "model", "experiment", "seed")
+    train.add_argument("--data", required=True, help="folder written by `crisp data`")
+    train.add_argument(
+        "--out", required=True, help="run folder for metrics.json, history.csv, predictions.csv, attention.json"
+    )
+    train.add_argument("--checkpoints", required=True, help="folder for resume checkpoints (outside the run folder)")
+    train.add_argument("--threads", type=int, help="CPU threads for training (default: torch's choice)")
+    train.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep the resume checkpoints after the run completes"
+    )
     train.set_defaults(run=cmd_train)
 
-    profile = commands.add_parser("profile", help="analytic and measured FLOPs of one experiment")
-    _add_config_arguments(profile)
-    profile.add_argument("--experiment", required=True)
-    profile.add_argument("--out", required=True, help="JSON file to write")
-    profile.set_defaults(run=cmd_profile)
+    flops = commands.add_parser("flops", help="analytic and measured FLOPs of one model under one experiment")
+    _add_settings_arguments(flops, "model", "experiment")
+    flops.add_argument("--out", required=True, help="JSON file to write")
+    flops.set_defaults(run=cmd_flops)
 
     tables = commands.add_parser("tables", help="runs.csv, summary.{csv,md,tex}, flops.{csv,md}")
-    _add_config_arguments(tables)
+    _add_settings_arguments(tables)
     tables.add_argument("--runs", nargs="+", required=True, help="run folders")
     tables.add_argument("--flops", nargs="*", default=[], help="FLOPs JSON files")
     tables.add_argument("--out", required=True, help="folder for the tables")
     tables.set_defaults(run=cmd_tables)
 
     figures = commands.add_parser("figures", help="PNG and PDF figures from the tables and run folders")
+    _add_settings_arguments(figures)
     figures.add_argument("--tables", required=True, help="folder written by `crisp tables`")
     figures.add_argument("--runs", nargs="+", required=True, help="run folders")
     figures.add_argument("--out", required=True, help="folder for the figures")
     figures.set_defaults(run=cmd_figures)
+
+    bench = commands.add_parser(
+        "bench", help="attention, training-step and throughput benchmarks, as ratios in one run"
+    )
+    from crisp.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -59,8 +60,12 @@ def read_yaml(path: str | Path) -> dict:
     try:
         # JSON is YAML, but PyYAML (YAML 1.1) reads JSON's 1e-05 as a string: parse JSON as JSON.
         data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise ConfigError(f"configuration file {path} cannot be parsed: {error}") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"configuration file {path} cannot be parsed: line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"configuration file {path} cannot be parsed: {_yaml_problem(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -68,13 +73,29 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where, and what is wrong."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    text = f"{where}{problem}" + (f" ({context})" if context else "")
+    return " ".join(text.split())
+
+
 def _key_path(error) -> str:
+    """The dotted key an error is about, from jsonschema's structured fields (not its message)."""
     parts = [str(p) for p in error.absolute_path]
+    instance = error.instance if isinstance(error.instance, dict) else {}
     if error.validator == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else ""
-        parts.append(missing)
-    if error.validator == "additionalProperties" and "'" in error.message:
-        parts.append(error.message.split("'")[1])
+        missing = [key for key in error.validator_value if key not in instance]
+        parts += missing[:1]
+    elif error.validator == "additionalProperties":
+        known = set(error.schema.get("properties", {}))
+        unknown = sorted(str(key) for key in instance if key not in known)
+        parts += unknown[:1]
+    elif "propertyNames" in error.schema_path:
+        parts.append(str(error.instance))  # a name that is not allowed: the name is the key
     return ".".join(p for p in parts if p)
 
 
@@ -99,51 +120,99 @@ def _validator():
 
 def _schema_error(error) -> ConfigError:
     hint = ""
-    if error.validator == "type" and isinstance(error.instance, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", error.instance):
+    if (
+        error.validator == "type"
+        and isinstance(error.instance, str)
+        and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", error.instance)
+    ):
         # YAML 1.1 wants a decimal point and a signed exponent in a float.
         hint = f" (YAML reads {error.instance} as text: write it as {float(error.instance):.1e})"
+    if "propertyNames" in error.schema_path:
+        hint = " (names may hold only letters, digits, _ and -: they become folder names)"
     return ConfigError(f"config key '{_key_path(error) or '(top level)'}': {error.message}{hint}")
 
 
 def validate_config(config: dict) -> dict:
     """Validate against the schema, fill in defaults (in place) and check cross-key rules.
 
-    An experiment set to null is removed: a later file can drop one that an earlier file defines
-    (Snakemake merges config files, so config.yaml's experiments are always there otherwise).
+    A task, experiment or sweep set to null is removed: a later file can drop one that an earlier
+    file defines (Snakemake merges config files, so config.yaml's are always there otherwise).
+    Sweeps are expanded into experiments here, so everything downstream sees plain experiments.
+    Imports nothing heavy: the Snakefile validates on every parse.
     """
     import jsonschema
 
+    if not isinstance(config, dict):
+        raise ConfigError(f"the configuration must be a mapping of keys, not {type(config).__name__}")
+    for section in ("tasks", "experiments", "sweeps"):
+        if isinstance(config.get(section), dict):
+            config[section] = {name: spec for name, spec in config[section].items() if spec is not None}
     if isinstance(config.get("experiments"), dict):
-        config["experiments"] = {name: spec for name, spec in config["experiments"].items() if spec is not None}
+        # A configuration validated before holds its sweeps' experiments: expand them afresh.
+        config["experiments"] = {
+            name: spec
+            for name, spec in config["experiments"].items()
+            if not (isinstance(spec, dict) and "sweep" in spec)
+        }
     best = jsonschema.exceptions.best_match(_validator().iter_errors(config))
     if best is not None:
         raise _schema_error(best)
 
-    from crisp.attention import PATTERNS, SparseAttentionSettings
+    from crisp.layout import model_spec_problem
+    from crisp.patterns import ExperimentError, check_experiment
+    from crisp.tasks import resolve_task
 
-    for name, experiment in config["experiments"].items():
-        if experiment["pattern"] not in PATTERNS:
+    for index, model in enumerate(config["models"]):
+        problem = model_spec_problem(model)
+        if problem:
+            raise ConfigError(f"config key 'models.{index}': {problem}")
+    slugs = {}
+    from crisp.layout import model_slug
+
+    for index, model in enumerate(config["models"]):
+        other = slugs.setdefault(model_slug(model), model)
+        if other != model:
             raise ConfigError(
-                f"config key 'experiments.{name}.pattern': unknown pattern {experiment['pattern']!r}; "
-                f"known patterns: {', '.join(sorted(PATTERNS))}"
+                f"config key 'models.{index}': {model!r} and {other!r} would share the folder {model_slug(model)!r}"
             )
-        # The checks sparsify() makes, first without the options, so the message names the right key.
-        for key, options in (("sparsity", {}), ("options", experiment["options"])):
-            try:
-                SparseAttentionSettings(experiment["pattern"], experiment["sparsity"], options)
-            except ValueError as error:
-                raise ConfigError(f"config key 'experiments.{name}.{key}': {error}") from None
-    dataset = config["dataset"]
-    if dataset["name"] == "local":
-        for key in ("train_file", "validation_file"):
-            if not dataset.get(key):
-                raise ConfigError(f"config key 'dataset.{key}': required when dataset.name is 'local'")
+    for task, spec in config["tasks"].items():
+        resolve_task(spec, where=f"tasks.{task}")  # presets and the rules a schema cannot state
+
+    for sweep, spec in config["sweeps"].items():
+        for sparsity in spec["sparsities"]:
+            name = sweep_experiment_name(sweep, sparsity)
+            if name in config["experiments"]:
+                raise ConfigError(
+                    f"config key 'sweeps.{sweep}': it expands to experiment {name!r}, which is already defined under "
+                    f"'experiments'; rename the sweep or the experiment"
+                )
+            config["experiments"][name] = {
+                "pattern": spec["pattern"],
+                "sparsity": sparsity,
+                "options": dict(spec["options"]),
+                "apply": spec["apply"],
+                "attention_dropout": None,
+                "sweep": sweep,
+            }
+    for name, experiment in config["experiments"].items():
+        where = f"sweeps.{experiment['sweep']}" if "sweep" in experiment else f"experiments.{name}"
+        try:
+            check_experiment({key: value for key, value in experiment.items() if key != "sweep"})
+        except ExperimentError as error:
+            raise ConfigError(f"config key '{where}.{error.key}': {error}") from None
+        experiment.setdefault("sparsity", None)
     if config["baseline"] not in config["experiments"]:
         raise ConfigError(
             f"config key 'baseline': {config['baseline']!r} is not one of the experiments "
             f"({', '.join(config['experiments'])}); name the experiment the others are compared with"
         )
     return config
+
+
+def sweep_experiment_name(sweep: str, sparsity: float) -> str:
+    """topk_sweep at 0.6 -> topk_sweep_60; 0.95 -> topk_sweep_95; 0.125 -> topk_sweep_12.5"""
+    percent = round(sparsity * 100, 6)
+    return f"{sweep}_{percent:g}".replace(".", "p")
 
 
 def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (), base: dict | None = None) -> dict:
@@ -173,27 +242,3 @@ def schema_defaults(section: str) -> dict:
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     return defaults(schema["properties"][section])
-
-
-def tokenizer_spec(config: dict) -> str:
-    return config.get("tokenizer") or config["model"]
-
-
-def run_settings(config: dict, experiment: str, seed: int) -> dict:
-    """The part of the configuration that determines one run's result (and its checkpoints)."""
-    return {
-        "experiment": experiment,
-        "seed": seed,
-        "model": config["model"],
-        "tokenizer": tokenizer_spec(config),
-        "max_length": config["max_length"],
-        "dataset": config["dataset"],
-        "training": {k: v for k, v in config["training"].items() if k not in ("keep_checkpoints", "threads", "mem_mb", "runtime_min")},
-        **{f"attention_{k}": v for k, v in config["experiments"][experiment].items()},
-    }
-
-
-def checkpoint_dir(config: dict, experiment: str, seed: int) -> str:
-    """Where a run keeps its resume checkpoints: outside its outputs, which Snakemake deletes
-    before rerunning a job."""
-    return str(Path(config["results"]) / "checkpoints" / experiment / f"seed{seed}")

@@ -1,31 +1,42 @@
 """Data sets: where the sentences come from, checking them, and the tokenisation cache.
 
-Three sources, chosen by `dataset.name` in the config:
-  - a Hugging Face Hub data set, "path" or "path/config" (glue/sst2 -> load_dataset("glue", "sst2"));
-    only the train and validation splits are used (SST-2's test labels are hidden);
+A task's data comes from one of three sources, chosen by its TASK SPEC's `name` (see crisp.tasks):
+  - a Hugging Face Hub data set. How a name splits into load_dataset's path and config:
+        "glue/sst2", "super_glue/boolq"   -> path glue / super_glue, config sst2 / boolq
+                                             (the canonical data sets with several configs)
+        "namespace/name" (stanfordnlp/sst2) -> path namespace/name, no config
+        "namespace/name/config"             -> path namespace/name, config config
+        "name" (imdb)                       -> path name, no config
+    Only the spec's train_split and validation_split are used (GLUE's test labels are hidden).
   - "local": train_file and validation_file in .tsv, .csv, .jsonl or .parquet, each with a header
-    naming its columns; .tsv is read without quote handling, as GLUE writes it (SST-2's
-    train.tsv / dev.tsv load as they are), .csv with the usual double-quote rules;
-  - "synthetic": generated English sentiment sentences, for offline runs and tests.
+    naming its columns. Text files are UTF-8 (a byte-order mark is allowed; UTF-16 with one too),
+    with LF or CRLF line ends; blank lines are skipped. .tsv is read without quote handling, as
+    GLUE writes it (SST-2's train.tsv / dev.tsv load as they are), .csv with the usual
+    double-quote rules. Labels are 0..K-1 or label names (any case).
+  - "synthetic": generated English reviews, for offline runs and tests; with `synthetic.pairs`
+    a sentence-pair task (does the second review agree with the first?).
 
 Every source is normalised to a DatasetDict with splits "train" and "validation" and columns
-"text" (str) and "label" (ClassLabel, 0 = negative, 1 = positive by default). `prepare` tokenises
-once and saves the result in Arrow format with a stats.json beside it; training reads it back
-with `load_prepared` and pads each batch with `collator`.
+"text" (str), "text_pair" (str, pair tasks only) and "label" (ClassLabel with the task's label
+names). `prepare` tokenises once (pairs with the tokenizer's pair template) and saves the result
+in Arrow format with a stats.json, written last, that marks the folder complete; training reads
+it back with `load_prepared` and pads each batch with `collator`.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import hashlib
+import io
 import json
+import numbers
 import os
 import random
-import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from unittest import mock
 
 import datasets
@@ -35,77 +46,78 @@ import pandas as pd
 import transformers
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from crisp.config import merge, schema_defaults
 from crisp.errors import ConfigError, DataError
 from crisp.modeling import MODEL_OFFLINE_VARIABLES, load_tokenizer, require_hub
+from crisp.tasks import resolve_task
 
 SPLITS = ("train", "validation")
 DEFAULT_LABEL_NAMES = ("negative", "positive")
+PAIR_LABEL_NAMES = ("disagree", "agree")
 SUPPORTED_EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet")
 STATS_FILE = "stats.json"
-
+# Hub data sets whose two-part names are "path/config"; every other "a/b" is a namespace/name.
+MULTI_CONFIG_HUB_DATASETS = ("glue", "super_glue")
+# csv's default limit is 128 KiB per field; a long document is data, not an error.
+MAX_FIELD_CHARS = 2**31 - 1
 
 DATASET_OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", *MODEL_OFFLINE_VARIABLES)
 OFFLINE_DATASET_HINT = (
     "To run without the Hub, use one of:\n"
     "  - local files (GLUE's SST-2 train.tsv and dev.tsv load as they are):\n"
-    "        dataset: {name: local, train_file: /path/train.tsv, validation_file: /path/dev.tsv}\n"
-    "  - generated sentences:  dataset: {name: synthetic}\n"
+    "        tasks: {sst2: {name: local, train_file: /path/train.tsv, validation_file: /path/dev.tsv}}\n"
+    "  - generated sentences:  tasks: {demo: {name: synthetic}}\n"
     "  - the offline demo:     snakemake --cores all --configfile config/demo.yaml\n"
     "or download the data set once where the Hub is reachable; it is then read from the cache."
 )
 
 
-def resolve_dataset_config(dataset_cfg: dict) -> dict:
-    """The `dataset:` section with the schema's defaults filled in (for partial sections)."""
-    return merge(schema_defaults("dataset"), dataset_cfg or {})
-
-
-def dataset_slug(dataset_cfg: dict) -> str:
-    """A filesystem-safe name: glue-sst2, synthetic, local-train-1a2b3c4d."""
-    cfg = resolve_dataset_config(dataset_cfg)
-    if cfg["name"] == "local":
-        # Files of the same name in different folders must not share a cache.
-        train_file = Path(str(cfg["train_file"])).expanduser().resolve()
-        name = f"local-{train_file.stem}-{hashlib.sha1(str(train_file).encode()).hexdigest()[:8]}"
-    else:
-        name = cfg["name"].replace("/", "-")
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+def hub_path(name: str) -> tuple[str, str | None]:
+    """load_dataset's (path, config) for a Hub data set name (the rule is in the module docstring)."""
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] in MULTI_CONFIG_HUB_DATASETS:
+        return parts[0], parts[1]
+    if len(parts) >= 3:
+        return "/".join(parts[:-1]), parts[-1]
+    return name, None
 
 
 # --- Loading and checking ------------------------------------------------------------------
 
-def load_raw_dataset(dataset_cfg: dict) -> datasets.DatasetDict:
-    """Load, check and cap the configured data set.
 
-    Returns splits "train" and "validation" with columns "text" and "label"; the label names are
-    in `dataset["train"].features["label"].names`.
+def load_raw_dataset(task_spec: dict) -> datasets.DatasetDict:
+    """Load, check and cap a task's data (a TASK SPEC, or a partial one that resolve_task completes).
+
+    Returns splits "train" and "validation" with columns "text", "text_pair" (pair tasks) and
+    "label"; the label names are in `dataset["train"].features["label"].names`.
     """
-    cfg = resolve_dataset_config(dataset_cfg)
-    name = cfg["name"]
+    spec = resolve_task(task_spec)
+    name = spec["name"]
     if name == "synthetic":
-        frames = {split: generate_synthetic(cfg["synthetic"][f"{split}_size"], cfg["seed"],
-                                            cfg["synthetic"]["label_noise"], split) for split in SPLITS}
-        label_names = list(DEFAULT_LABEL_NAMES)
+        frames, label_names = _synthetic_frames(spec)
     elif name == "local":
-        label_names = list(cfg.get("label_names") or DEFAULT_LABEL_NAMES)
-        frames = {split: _read_local_split(cfg, split, label_names) for split in SPLITS}
+        label_names = list(spec.get("label_names") or DEFAULT_LABEL_NAMES)
+        frames = {split: _read_local_split(spec, split, label_names) for split in SPLITS}
     else:
-        frames, label_names = _load_hub_dataset(cfg)
+        frames, label_names = _load_hub_dataset(spec)
 
-    sources = _split_sources(cfg)
+    sources = _split_sources(spec)
     _check_classes(frames, label_names, sources)  # before sampling, so row numbers are the files'
-    caps = {"train": cfg["max_train_examples"], "validation": cfg["max_validation_examples"]}
-    frames = {split: sample_rows(frame, caps[split], cfg["seed"]) for split, frame in frames.items()}
-    _require_two_classes(frames["train"], label_names, sources["train"] + ", after sampling "
-                         f"dataset.max_train_examples = {caps['train']} rows")
+    caps = {"train": spec["max_train_examples"], "validation": spec["max_validation_examples"]}
+    frames = {split: sample_rows(frame, caps[split], spec["seed"]) for split, frame in frames.items()}
+    _require_two_classes(
+        frames["train"], label_names, sources["train"] + f", after sampling max_train_examples = {caps['train']} rows"
+    )
 
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=label_names)})
-    return datasets.DatasetDict({
-        split: datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
-        for split, frame in frames.items()
-    })
+    columns = {"text": datasets.Value("string")}
+    if spec["text_pair_column"] is not None:
+        columns["text_pair"] = datasets.Value("string")
+    features = datasets.Features({**columns, "label": datasets.ClassLabel(names=label_names)})
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+            for split, frame in frames.items()
+        }
+    )
 
 
 def sample_rows(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
@@ -118,115 +130,236 @@ def sample_rows(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame
     return frame.iloc[chosen].reset_index(drop=True)
 
 
-def _split_sources(cfg: dict) -> dict[str, str]:
-    if cfg["name"] == "local":
-        return {split: str(Path(cfg[f"{split}_file"]).expanduser()) for split in SPLITS}
-    if cfg["name"] == "synthetic":
+def _split_sources(spec: dict) -> dict[str, str]:
+    if spec["name"] == "local":
+        return {split: str(Path(spec[f"{split}_file"]).expanduser()) for split in SPLITS}
+    if spec["name"] == "synthetic":
         return {split: f"synthetic data ({split} split)" for split in SPLITS}
-    return {split: f"Hub data set {cfg['name']} ({split} split)" for split in SPLITS}
+    return {split: f"Hub data set {spec['name']} ({spec[f'{split}_split']} split)" for split in SPLITS}
 
 
-def _read_local_split(cfg: dict, split: str, label_names: list[str]) -> pd.DataFrame:
+# --- Local files ---------------------------------------------------------------------------
+
+
+def _read_local_split(spec: dict, split: str, label_names: list[str]) -> pd.DataFrame:
     key = f"{split}_file"
-    if not cfg.get(key):
-        raise DataError(f"dataset.name is 'local' but dataset.{key} is not set: give the path of the "
-                        f"{split} file (.tsv, .csv, .jsonl or .parquet).")
-    path = Path(cfg[key]).expanduser()
+    if not spec.get(key):
+        raise DataError(
+            f"the task's name is 'local' but its {key} is not set: give the path of the "
+            f"{split} file (.tsv, .csv, .jsonl or .parquet)."
+        )
+    path = Path(spec[key]).expanduser()
     frame, describe_row = read_table(path)
-    return normalise_frame(frame, str(path), describe_row, cfg["text_column"], cfg["label_column"], label_names)
+    return normalise_frame(
+        frame,
+        str(path),
+        describe_row,
+        spec["text_column"],
+        spec["label_column"],
+        label_names,
+        text_pair_column=spec["text_pair_column"],
+    )
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
-    """Read a data file; also return how to name its i-th data row (0-based) in messages."""
+    """Read a data file as text columns; also return how to name its i-th data row (0-based) in messages.
+
+    Anything wrong with the file itself raises DataError naming the file (and line, where one applies).
+    """
     if not path.is_file():
-        raise DataError(f"Data file '{path}' does not exist. Check dataset.train_file / "
-                        "dataset.validation_file (relative paths start from the working directory).")
+        raise DataError(
+            f"Data file '{path}' does not exist. Check the task's train_file / validation_file "
+            "(relative paths start from the working directory)."
+        )
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
-        raise DataError(f"Data file '{path}' has extension '{suffix}'; supported are "
-                        f"{', '.join(SUPPORTED_EXTENSIONS)}. Convert it or rename it if it is one of them.")
-    try:
-        if suffix == ".jsonl":
-            return _read_jsonl(path)
-        if suffix == ".parquet":
+        raise DataError(
+            f"Data file '{path}' has extension '{suffix}'; supported are "
+            f"{', '.join(SUPPORTED_EXTENSIONS)}. Convert it or rename it if it is one of them."
+        )
+    if suffix == ".parquet":
+        try:
             return pd.read_parquet(path), lambda i: f"row {i + 1}"
-        # Everything as text, and no "NA"/"null" guessing: a sentence may well be "null".
-        # GLUE's TSVs are unquoted, and their sentences contain quote characters.
-        # header=None makes pandas reject a line with more fields than the header (a tab inside
-        # a sentence) instead of quietly dropping the extra fields.
-        rows = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", header=None, dtype=str,
-                           keep_default_na=False, quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
-        frame = rows.iloc[1:].set_axis(rows.iloc[0].tolist(), axis="columns").reset_index(drop=True)
-        return frame, lambda i: f"data row {i + 1} (line {i + 2} of the file, after the header)"
-    except DataError:
-        raise
+        except Exception as error:  # pyarrow raises its own error types for a damaged file
+            raise DataError(f"Data file '{path}' could not be read as parquet: {error}.") from error
+    text = _decode(path)
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
+
+
+def _decode(path: Path) -> str:
+    """The file's text: UTF-8, or what its byte-order mark says; the mark itself is dropped."""
+    raw = path.read_bytes()
+    encoding = "utf-8"
+    for mark, marked_encoding in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if raw.startswith(mark):
+            encoding = marked_encoding
+            break
+    try:
+        return raw.decode(encoding)
     except UnicodeDecodeError as error:
-        raise DataError(f"Data file '{path}' is not UTF-8 text ({error}). Save it as UTF-8.") from error
-    except (pd.errors.ParserError, ValueError, OSError) as error:
-        tab_hint = " (a tab inside a sentence splits it in two)" if suffix == ".tsv" else ""
-        raise DataError(f"Data file '{path}' could not be read as {suffix[1:]}: {str(error).strip()}. "
-                        f"Check that every line has as many fields as the header{tab_hint}.") from error
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"Data file '{path}': line {line} is not {encoding.upper()} text (byte "
+            f"{raw[error.start]:#04x} at offset {error.start}). Save the file as UTF-8; it may be "
+            "in Latin-1 or Windows-1252."
+        ) from error
 
 
-def _read_jsonl(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
-    records, line_numbers = [], []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
+def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    tsv = delimiter == "\t"
+    # GLUE's TSVs are unquoted and their sentences contain quote characters; CSV quotes strictly.
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=delimiter,
+        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+        strict=not tsv,
+    )
+    header, rows, lines = None, [], []
+    previous_limit = csv.field_size_limit(MAX_FIELD_CHARS)
+    try:
+        for row in reader:
+            if not any(field.strip() for field in row):  # a blank line
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: line {line_number} is not valid JSON ({error.msg}). "
-                                "Each line must be one JSON object.") from error
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: line {line_number} is a JSON {type(record).__name__}, "
-                                "not an object like {\"sentence\": ..., \"label\": ...}.")
-            records.append(record)
-            line_numbers.append(line_number)
+            if header is None:
+                header = _check_header(path, row, reader.line_num)
+                continue
+            if len(row) != len(header):
+                tab_hint = (
+                    (
+                        " (a tab inside a sentence splits it in two: remove it, or use .csv with the "
+                        "sentence in double quotes)"
+                    )
+                    if tsv and len(row) > len(header)
+                    else ""
+                )
+                raise DataError(
+                    f"Data file '{path}': line {reader.line_num} has {len(row)} fields but the "
+                    f"header has {len(header)} ({', '.join(header)}){tab_hint}."
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as error:
+        raise DataError(
+            f"Data file '{path}': line {reader.line_num} could not be read as "
+            f"{'tsv' if tsv else 'csv'}: {error}. Check its quotes."
+        ) from error
+    finally:
+        csv.field_size_limit(previous_limit)
+    if header is None:
+        raise DataError(f"Data file '{path}' is empty: it needs a header line naming its columns, then data rows.")
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    return frame, lambda i: f"data row {i + 1} (line {lines[i]} of the file)"
+
+
+def _check_header(path: Path, header: list[str], line: int) -> list[str]:
+    header = [name.strip() for name in header]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(
+            f"Data file '{path}': the header (line {line}) names column(s) "
+            f"{', '.join(map(repr, repeated))} more than once."
+        )
+    return header
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    records, line_numbers = [], []
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            reason = getattr(error, "msg", type(error).__name__)
+            raise DataError(
+                f"Data file '{path}': line {line_number} is not valid JSON ({reason}). "
+                "Each line must be one JSON object."
+            ) from error
+        if not isinstance(record, dict):
+            raise DataError(
+                f"Data file '{path}': line {line_number} is a JSON {type(record).__name__}, "
+                'not an object like {"sentence": ..., "label": ...}.'
+            )
+        records.append(record)
+        line_numbers.append(line_number)
     return pd.DataFrame.from_records(records), lambda i: f"line {line_numbers[i]}"
 
 
-def normalise_frame(frame: pd.DataFrame, source: str, describe_row: Callable[[int], str],
-                    text_column: str, label_column: str, label_names: list[str]) -> pd.DataFrame:
-    """Check one split and return it as columns text (str) and label (int in 0..len(label_names)-1).
+def normalise_frame(
+    frame: pd.DataFrame,
+    source: str,
+    describe_row: Callable[[int], str],
+    text_column: str,
+    label_column: str,
+    label_names: list[str],
+    text_pair_column: str | None = None,
+) -> pd.DataFrame:
+    """Check one split and return it as columns text, text_pair (pairs only) and label (0..K-1).
 
-    Labels may be integers (also "1" or 1.0) or label names ("positive"). Checks are vectorised:
-    SST-2's 67k rows take a fraction of a second.
+    Labels may be integers (also "1" or 1.0) or label names ("positive", any case). Checks are
+    vectorised: SST-2's 67k rows take a fraction of a second.
     """
-    for role, column in (("text_column", text_column), ("label_column", label_column)):
+    text_roles = {"text": ("text_column", text_column)}
+    if text_pair_column is not None:
+        text_roles["text_pair"] = ("text_pair_column", text_pair_column)
+    for role, column in (*text_roles.values(), ("label_column", label_column)):
         if column not in frame.columns:
-            raise DataError(f"{source}: no column '{column}' (dataset.{role}). Columns found: "
-                            f"{', '.join(map(str, frame.columns)) or 'none'}. Set dataset.{role} "
-                            "to the right one, or add a header line if the file has none.")
+            raise DataError(
+                f"{source}: no column '{column}' (the task's {role}). Columns found: "
+                f"{', '.join(map(str, frame.columns)) or 'none'}. Set {role} "
+                "to the right one, or add a header line if the file has none."
+            )
     if frame.empty:
         raise DataError(f"{source}: has no data rows.")
 
-    text = frame[text_column]
-    bad_text = ~text.map(lambda value: isinstance(value, str) and bool(value.strip())).to_numpy(dtype=bool)
-    if bad_text.any():
-        first = int(np.argmax(bad_text))
-        raise DataError(f"{source}: {describe_row(first)} has an empty or missing text in column "
-                        f"'{text_column}' ({int(bad_text.sum())} such rows in all). "
-                        "Remove or fill in those rows.")
+    normalised = {}
+    for output, (_, column) in text_roles.items():
+        text = frame[column]
+        bad_text = ~text.map(lambda value: isinstance(value, str) and bool(value.strip())).to_numpy(dtype=bool)
+        if bad_text.any():
+            first = int(np.argmax(bad_text))
+            raise DataError(
+                f"{source}: {describe_row(first)} has an empty or missing text in column "
+                f"'{column}' ({int(bad_text.sum())} such rows in all). Remove or fill in those rows."
+            )
+        normalised[output] = text.to_numpy(dtype=object)
 
     raw_labels = frame[label_column]
-    as_text = raw_labels.astype("string").str.strip()
+    as_text = raw_labels.map(_label_text)
     numbers = pd.to_numeric(as_text, errors="coerce")
-    by_name = as_text.str.lower().map({name.lower(): i for i, name in enumerate(label_names)})
+    by_name = as_text.map(lambda value: value.lower() if isinstance(value, str) else value).map(
+        {name.lower(): i for i, name in enumerate(label_names)}
+    )
     labels = numbers.fillna(by_name.astype("float64")).to_numpy(dtype="float64", na_value=np.nan)
-    allowed = np.arange(len(label_names))
-    bad_label = ~np.isin(labels, allowed)  # NaN, fractions and out-of-range values all fail
+    bad_label = ~np.isin(labels, np.arange(len(label_names)))  # NaN, fractions and out-of-range values all fail
     if bad_label.any():
         first = int(np.argmax(bad_label))
         value = raw_labels.iloc[first]
         value = value.item() if isinstance(value, np.generic) else value  # 7, not np.int64(7)
-        raise DataError(f"{source}: {describe_row(first)} has label {value!r} in column "
-                        f"'{label_column}', which is not one of the allowed labels "
-                        f"{_describe_labels(label_names)} ({int(bad_label.sum())} such rows in all). "
-                        "Fix those rows, or set dataset.label_column to the column with the labels.")
+        raise DataError(
+            f"{source}: {describe_row(first)} has label {value!r} in column "
+            f"'{label_column}', which is not one of the allowed labels "
+            f"{_describe_labels(label_names)} ({int(bad_label.sum())} such rows in all). "
+            "Fix those rows, or set the task's label_column / label_names."
+        )
+    return pd.DataFrame({**normalised, "label": labels.astype("int64")})
 
-    return pd.DataFrame({"text": text.to_numpy(dtype=object), "label": labels.astype("int64")})
+
+def _label_text(value) -> str | None:
+    """A label as text to read as a number or a name; None for what is neither (true, null, a list)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return str(value)
+    return None
 
 
 def _describe_labels(label_names: list[str]) -> str:
@@ -238,24 +371,29 @@ def _check_classes(frames: dict[str, pd.DataFrame], label_names: list[str], sour
     unseen = ~frames["validation"]["label"].isin(frames["train"]["label"].unique()).to_numpy()
     if unseen.any():
         first = int(np.argmax(unseen))
-        raise DataError(f"{sources['validation']}: data row {first + 1} has label "
-                        f"{frames['validation']['label'].iloc[first]}, which never occurs in the training "
-                        "data, so the model cannot learn it. Check that both files use the same labels.")
+        raise DataError(
+            f"{sources['validation']}: data row {first + 1} has label "
+            f"{frames['validation']['label'].iloc[first]}, which never occurs in the training "
+            "data, so the model cannot learn it. Check that both files use the same labels."
+        )
 
 
 def _require_two_classes(train: pd.DataFrame, label_names: list[str], source: str) -> None:
     present = train["label"].unique().tolist()
     if len(present) < 2:
-        raise DataError(f"{source}: every training example has the same label, {present[0]} "
-                        f"({label_names[present[0]]}). A classifier needs examples of at least two "
-                        "classes; check the data, or raise dataset.max_train_examples.")
+        raise DataError(
+            f"{source}: every training example has the same label, {present[0]} "
+            f"({label_names[present[0]]}). A classifier needs examples of at least two "
+            "classes; check the data, or raise max_train_examples."
+        )
 
 
-def _load_hub_dataset(cfg: dict) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    # "glue/sst2" is path "glue" with config "sst2"; "namespace/name/config" is also accepted.
-    parts = cfg["name"].split("/")
-    path, config_name = ("/".join(parts[:-1]), parts[-1]) if len(parts) > 1 else (parts[0], None)
-    what = f"Data set '{cfg['name']}'"
+# --- Hub data sets -------------------------------------------------------------------------
+
+
+def _load_hub_dataset(spec: dict) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    path, config_name = hub_path(spec["name"])
+    what = f"Data set '{spec['name']}'"
     try:
         with _hub_offline():  # the cache first, without a single network request
             loaded = datasets.load_dataset(path, config_name)
@@ -263,61 +401,152 @@ def _load_hub_dataset(cfg: dict) -> tuple[dict[str, pd.DataFrame], list[str]]:
         require_hub(what, OFFLINE_DATASET_HINT, DATASET_OFFLINE_VARIABLES)
         loaded = datasets.load_dataset(path, config_name)
 
-    missing = [split for split in SPLITS if split not in loaded]
+    wanted = {split: spec[f"{split}_split"] for split in SPLITS}
+    missing = [name for name in wanted.values() if name not in loaded]
     if missing:
-        raise DataError(f"{what} has no split {', '.join(missing)} (it has {', '.join(loaded)}). "
-                        "Use a data set with train and validation splits, or `name: local` with your files.")
-    label_feature = loaded["train"].features.get(cfg["label_column"])
-    label_names = (list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel)
-                   else list(cfg.get("label_names") or DEFAULT_LABEL_NAMES))
+        raise DataError(
+            f"{what} has no split {', '.join(missing)} (it has {', '.join(loaded)}). "
+            "Set the task's train_split / validation_split, or use `name: local` with your files."
+        )
+    label_feature = loaded[wanted["train"]].features.get(spec["label_column"])
+    hub_names = list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel) else None
+    label_names = list(spec.get("label_names") or hub_names or DEFAULT_LABEL_NAMES)
+    if hub_names is not None and len(hub_names) != len(label_names):
+        raise DataError(
+            f"{what}: label_names has {len(label_names)} names ({', '.join(label_names)}) but the "
+            f"data set has {len(hub_names)} labels ({', '.join(hub_names)}). Fix or remove label_names."
+        )
     frames = {}
-    for split in SPLITS:
-        frame = loaded[split].to_pandas()
-        frames[split] = normalise_frame(frame, f"{what} ({split} split)", lambda i: f"row {i + 1}",
-                                        cfg["text_column"], cfg["label_column"], label_names)
+    for split, hub_split in wanted.items():
+        frames[split] = normalise_frame(
+            loaded[hub_split].to_pandas(),
+            f"{what} ({hub_split} split)",
+            lambda i: f"row {i + 1}",
+            spec["text_column"],
+            spec["label_column"],
+            label_names,
+            text_pair_column=spec["text_pair_column"],
+        )
     return frames, label_names
 
 
 @contextlib.contextmanager
 def _hub_offline():
     """datasets' own offline mode, switched on for one call: it reads its cache and nothing else."""
-    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True), \
-            mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True):
+    with (
+        mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True),
+        mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True),
+    ):
         yield
 
 
-# --- Synthetic sentiment sentences ---------------------------------------------------------
+# --- Synthetic reviews -----------------------------------------------------------------------
 #
 # Built so that word counts alone cannot solve it: negation flips an adjective ("not good"),
 # and in "X, but Y" / "although X, Y" the second clause decides, while X usually carries the
 # opposite sentiment with the same kind of words. Label noise adds a floor no model can pass.
+# The pair task asks whether a second review agrees with the first: each review's words say
+# nothing about agreement on their own (both sentiments are equally likely in either class), so
+# only reading the two together solves it.
 
-POSITIVE_WORDS = ["good", "great", "wonderful", "delightful", "charming", "moving", "brilliant", "funny",
-                  "engaging", "beautiful", "clever", "gripping", "touching", "superb", "memorable",
-                  "enjoyable", "fresh", "thoughtful", "powerful", "entertaining"]
-NEGATIVE_WORDS = ["bad", "dull", "boring", "tedious", "clumsy", "awful", "bland", "predictable", "messy",
-                  "lifeless", "forgettable", "shallow", "tiresome", "painful", "weak", "flat", "pointless",
-                  "silly", "sloppy", "uninspired"]
+POSITIVE_WORDS = [
+    "good",
+    "great",
+    "wonderful",
+    "delightful",
+    "charming",
+    "moving",
+    "brilliant",
+    "funny",
+    "engaging",
+    "beautiful",
+    "clever",
+    "gripping",
+    "touching",
+    "superb",
+    "memorable",
+    "enjoyable",
+    "fresh",
+    "thoughtful",
+    "powerful",
+    "entertaining",
+]
+NEGATIVE_WORDS = [
+    "bad",
+    "dull",
+    "boring",
+    "tedious",
+    "clumsy",
+    "awful",
+    "bland",
+    "predictable",
+    "messy",
+    "lifeless",
+    "forgettable",
+    "shallow",
+    "tiresome",
+    "painful",
+    "weak",
+    "flat",
+    "pointless",
+    "silly",
+    "sloppy",
+    "uninspired",
+]
 INTENSIFIERS = ["very", "extremely", "really", "incredibly", "truly", "remarkably", "quite", "so"]
 SUBJECTS = {  # subject -> is it plural
-    "the movie": False, "the film": False, "this picture": False, "the story": False, "the plot": False,
-    "the script": False, "the acting": False, "the cast": False, "the dialogue": False,
-    "the soundtrack": False, "the ending": False, "the direction": False, "the humor": False,
-    "the pacing": False, "the lead actor": False, "the final act": False, "the performances": True,
-    "the characters": True, "the jokes": True, "the visuals": True,
+    "the movie": False,
+    "the film": False,
+    "this picture": False,
+    "the story": False,
+    "the plot": False,
+    "the script": False,
+    "the acting": False,
+    "the cast": False,
+    "the dialogue": False,
+    "the soundtrack": False,
+    "the ending": False,
+    "the direction": False,
+    "the humor": False,
+    "the pacing": False,
+    "the lead actor": False,
+    "the final act": False,
+    "the performances": True,
+    "the characters": True,
+    "the jokes": True,
+    "the visuals": True,
 }
 # (affirmative, negated forms) for singular and plural subjects
 LINKING_VERBS = {
-    False: [("is", ["is not", "isn't", "is never"]), ("was", ["was not", "wasn't", "was never"]),
-            ("feels", ["does not feel", "doesn't feel", "never feels"]), ("seems", ["does not seem"])],
-    True: [("are", ["are not", "aren't", "are never"]), ("were", ["were not", "weren't"]),
-           ("feel", ["do not feel", "don't feel", "never feel"]), ("seem", ["do not seem"])],
+    False: [
+        ("is", ["is not", "isn't", "is never"]),
+        ("was", ["was not", "wasn't", "was never"]),
+        ("feels", ["does not feel", "doesn't feel", "never feels"]),
+        ("seems", ["does not seem"]),
+    ],
+    True: [
+        ("are", ["are not", "aren't", "are never"]),
+        ("were", ["were not", "weren't"]),
+        ("feel", ["do not feel", "don't feel", "never feel"]),
+        ("seem", ["do not seem"]),
+    ],
 }
 # (past tense, base form) of verbs a viewer uses about the film
-POSITIVE_VERBS = [("loved", "love"), ("enjoyed", "enjoy"), ("liked", "like"), ("admired", "admire"),
-                  ("adored", "adore")]
+POSITIVE_VERBS = [
+    ("loved", "love"),
+    ("enjoyed", "enjoy"),
+    ("liked", "like"),
+    ("admired", "admire"),
+    ("adored", "adore"),
+]
 NEGATIVE_VERBS = [("hated", "hate"), ("disliked", "dislike"), ("resented", "resent"), ("loathed", "loathe")]
 OPENERS = ["honestly, ", "overall, ", "in the end, ", "to be fair, ", "frankly, "]
+
+
+def _check_label_noise(label_noise: float) -> None:
+    # 0.5 is allowed: the labels are then coin flips, a control with nothing to learn.
+    if not 0.0 <= label_noise <= 0.5:
+        raise ConfigError(f"config key 'synthetic.label_noise': {label_noise} is not in [0, 0.5]")
 
 
 def generate_synthetic(size: int, seed: int, label_noise: float = 0.0, split: str = "train") -> pd.DataFrame:
@@ -326,8 +555,7 @@ def generate_synthetic(size: int, seed: int, label_noise: float = 0.0, split: st
     The same (seed, split) always gives the same sentences; label noise is drawn from its own
     stream, so changing it flips labels without changing the texts.
     """
-    if not 0.0 <= label_noise < 0.5:
-        raise ValueError(f"dataset.synthetic.label_noise must be in [0, 0.5), got {label_noise}")
+    _check_label_noise(label_noise)
     # String seeds are hashed with SHA-512 by `random`, so they are stable across processes.
     texts_rng = random.Random(f"crisp-synthetic-text:{seed}:{split}")
     noise_rng = random.Random(f"crisp-synthetic-noise:{seed}:{split}")
@@ -337,6 +565,44 @@ def generate_synthetic(size: int, seed: int, label_noise: float = 0.0, split: st
         texts.append(_synthetic_sentence(texts_rng, positive=bool(label)))
         labels.append(1 - label if noise_rng.random() < label_noise else label)
     return pd.DataFrame({"text": texts, "label": labels})
+
+
+def generate_synthetic_pairs(size: int, seed: int, label_noise: float = 0.0, split: str = "train") -> pd.DataFrame:
+    """`size` pairs of short reviews, columns text, text_pair and label (0 disagree, 1 agree).
+
+    Each review's sentiment is drawn independently, so agreement is as likely as not and no
+    word is a clue to it; negation ("i did not enjoy ...", "... isn't dull") means the reader
+    must work out each sentiment before comparing. Deterministic in (seed, split), like
+    generate_synthetic, with label noise from its own stream.
+    """
+    _check_label_noise(label_noise)
+    texts_rng = random.Random(f"crisp-synthetic-pairs:{seed}:{split}")
+    noise_rng = random.Random(f"crisp-synthetic-pairs-noise:{seed}:{split}")
+    firsts, seconds, labels = [], [], []
+    for _ in range(size):
+        first_positive, second_positive = texts_rng.random() < 0.5, texts_rng.random() < 0.5
+        firsts.append(_clause(texts_rng, first_positive) + texts_rng.choice([" .", " !", ""]))
+        seconds.append(_clause(texts_rng, second_positive) + texts_rng.choice([" .", " !", ""]))
+        label = int(first_positive == second_positive)
+        labels.append(1 - label if noise_rng.random() < label_noise else label)
+    return pd.DataFrame({"text": firsts, "text_pair": seconds, "label": labels})
+
+
+def _synthetic_frames(spec: dict) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    settings = spec["synthetic"]
+    pairs = bool(settings.get("pairs"))
+    generate = generate_synthetic_pairs if pairs else generate_synthetic
+    label_names = list(spec.get("label_names") or (PAIR_LABEL_NAMES if pairs else DEFAULT_LABEL_NAMES))
+    if len(label_names) != 2:
+        raise ConfigError(f"config key 'label_names': synthetic data has two labels, got {label_names}")
+    frames = {
+        split: generate(settings[f"{split}_size"], spec["seed"], settings["label_noise"], split) for split in SPLITS
+    }
+    if spec["text_pair_column"] is None:  # pairs generated but read as single sentences: not asked for
+        frames = {split: frame.drop(columns="text_pair", errors="ignore") for split, frame in frames.items()}
+    elif not pairs:
+        raise ConfigError("config key 'text_pair_column': synthetic data has pairs only with synthetic.pairs: true")
+    return frames, label_names
 
 
 def _synthetic_sentence(rng: random.Random, positive: bool) -> str:
@@ -378,56 +644,83 @@ def _intensify(rng: random.Random, adjective: str) -> str:
 
 
 # --- Tokenisation cache --------------------------------------------------------------------
+#
+# The cache folder is complete exactly when its stats.json exists: prepare writes everything to
+# a hidden sibling folder, stats.json last, and renames it into place, so a run killed at any
+# moment leaves either the old complete folder, or none, and never one that load_prepared reads.
 
-def prepare(dataset_cfg: dict, tokenizer_spec: str, max_length: int, out_dir: str | Path,
-            force: bool = False) -> Path:
-    """Tokenise the data set once and save it to out_dir (Arrow) with out_dir/stats.json.
 
-    A folder already prepared with the same settings is reused unless force is set. The data is
-    written to a sibling folder first and renamed into place when complete, so an interrupted
-    run never leaves a folder that looks prepared.
+def prepare(task_spec: dict, tokenizer_spec: str, max_length: int, out_dir: str | Path, force: bool = False) -> Path:
+    """Tokenise a task's data once and save it to out_dir (Arrow) with out_dir/stats.json.
+
+    A folder already prepared with the same settings is reused unless force is set.
     """
     out_dir = Path(out_dir)
-    cfg = resolve_dataset_config(dataset_cfg)
-    settings = _prepare_settings(cfg, tokenizer_spec, max_length)
+    spec = resolve_task(task_spec)
+    settings = _prepare_settings(spec, tokenizer_spec, max_length)
     if not force and _prepared_settings(out_dir) == settings:
         return out_dir
 
     tokenizer = load_tokenizer(tokenizer_spec)
     model_limit = tokenizer.model_max_length
     if not 8 <= max_length <= model_limit:
-        raise ConfigError(f"config key 'max_length': {max_length}; it must be between 8 and {model_limit} "
-                          f"(what the tokenizer of '{tokenizer_spec}' supports).")
-    raw = load_raw_dataset(cfg)
+        raise ConfigError(
+            f"config key 'max_length': {max_length}; it must be between 8 and {model_limit} "
+            f"(what the tokenizer of '{tokenizer_spec}' supports)."
+        )
+    raw = load_raw_dataset(spec)
     tokenized = tokenize(raw, tokenizer, max_length)
-    stats = {**settings, "label_names": raw["train"].features["label"].names,
-             "splits": {split: _split_stats(tokenized[split], max_length) for split in tokenized},
-             "versions": {"datasets": datasets.__version__, "transformers": transformers.__version__}}
+    stats = {
+        **settings,
+        "label_names": raw["train"].features["label"].names,
+        "metric": spec["metric"],
+        "pair": spec["text_pair_column"] is not None,
+        "sizes": {split: len(tokenized[split]) for split in tokenized},
+        "splits": {split: _split_stats(tokenized[split], max_length) for split in tokenized},
+        "versions": {"datasets": datasets.__version__, "transformers": transformers.__version__},
+    }
     tokenized = tokenized.remove_columns("num_tokens")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir)
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
     try:
         tokenized.save_to_disk(str(partial))
         (partial / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")  # last: marks it complete
     except BaseException:  # also Ctrl-C: leave no half-written folder behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(out_dir, ignore_errors=True)
+    if out_dir.exists():  # moved aside in one step, so a kill here leaves no half-deleted cache
+        out_dir.rename(out_dir.parent / f".{out_dir.name}.old-{os.getpid()}")
     partial.rename(out_dir)
+    _remove_leftovers(out_dir)
     return out_dir
 
 
+def _remove_leftovers(out_dir: Path) -> None:
+    """Hidden folders of an earlier prepare of out_dir that was killed (SIGKILL skips all cleanup)."""
+    for leftover in [
+        *out_dir.parent.glob(f".{out_dir.name}.partial-*"),
+        *out_dir.parent.glob(f".{out_dir.name}.old-*"),
+    ]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def tokenize(raw: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.DatasetDict:
-    """Columns text, labels, input_ids, attention_mask (truncated, not padded) and num_tokens
-    (the length before truncation)."""
+    """Columns text (+ text_pair), labels, input_ids, attention_mask (+ token_type_ids for pairs, when
+    the tokenizer makes them), truncated, not padded, and num_tokens (the length before truncation).
+
+    Pairs go through the tokenizer's own pair template ([CLS] a [SEP] b [SEP] for BERT); when too
+    long, the longer of the two is shortened first.
+    """
+    pair = "text_pair" in raw["train"].column_names
+    kept = ("input_ids", "attention_mask", "token_type_ids") if pair else ("input_ids", "attention_mask")
 
     def encode(batch: dict) -> dict:
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        full_lengths = [len(ids) for ids in tokenizer(batch["text"], verbose=False)["input_ids"]]
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "num_tokens": full_lengths}
+        texts = {"text": batch["text"], "text_pair": batch["text_pair"]} if pair else {"text": batch["text"]}
+        encoded = tokenizer(**texts, truncation="longest_first", max_length=max_length)
+        full_lengths = [len(ids) for ids in tokenizer(**texts, verbose=False)["input_ids"]]
+        return {**{key: encoded[key] for key in kept if key in encoded}, "num_tokens": full_lengths}
 
     tokenized = raw.map(encode, batched=True, batch_size=1000, desc="Tokenising")
     return tokenized.rename_column("label", "labels")
@@ -440,25 +733,33 @@ def _split_stats(split: datasets.Dataset, max_length: int) -> dict:
     return {
         "examples": len(split),
         "label_counts": {name: int(count) for name, count in zip(names, counts)},
-        # token lengths before truncation, special tokens included
-        "token_length": {"mean": round(float(lengths.mean()), 2), "median": float(np.median(lengths)),
-                         "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())},
+        # token lengths before truncation, special tokens included (both sentences for pairs)
+        "token_length": {
+            "mean": round(float(lengths.mean()), 2),
+            "median": float(np.median(lengths)),
+            "p95": float(np.percentile(lengths, 95)),
+            "max": int(lengths.max()),
+        },
         "truncated_fraction": round(float((lengths > max_length).mean()), 6),
     }
 
 
-def _prepare_settings(cfg: dict, tokenizer_spec: str, max_length: int) -> dict:
-    settings = {"dataset": cfg, "tokenizer": tokenizer_spec, "max_length": max_length}
-    if cfg["name"] == "local":
+def _prepare_settings(spec: dict, tokenizer_spec: str, max_length: int) -> dict:
+    settings = {"dataset": spec, "tokenizer": tokenizer_spec, "max_length": max_length}
+    if spec["name"] == "local":
         # A changed file must not be served from an old cache.
-        settings["file_sha256"] = {split: _sha256(Path(cfg[f"{split}_file"]).expanduser()) for split in SPLITS
-                                   if cfg.get(f"{split}_file") and Path(cfg[f"{split}_file"]).expanduser().is_file()}
+        settings["file_sha256"] = {
+            split: _sha256(Path(spec[f"{split}_file"]).expanduser())
+            for split in SPLITS
+            if spec.get(f"{split}_file") and Path(spec[f"{split}_file"]).expanduser().is_file()
+        }
     return json.loads(json.dumps(settings))  # the form it takes in stats.json
 
 
 def _prepared_settings(out_dir: Path) -> dict | None:
-    stats = read_stats(out_dir) if (out_dir / STATS_FILE).is_file() else None
-    if stats is None:
+    try:
+        stats = read_stats(out_dir)
+    except (FileNotFoundError, DataError):
         return None
     return {key: stats.get(key) for key in ("dataset", "tokenizer", "max_length", "file_sha256") if key in stats}
 
@@ -469,23 +770,38 @@ def _sha256(path: Path) -> str:
 
 
 def read_stats(prepared_dir: str | Path) -> dict:
-    path = Path(prepared_dir) / STATS_FILE
+    """stats.json of a complete prepared folder (raises FileNotFoundError / DataError otherwise)."""
+    prepared_dir = Path(prepared_dir)
+    if not prepared_dir.is_dir():
+        raise FileNotFoundError(
+            f"No prepared data in '{prepared_dir}'. Run `crisp data` (or the pipeline's data rule) first."
+        )
+    path = prepared_dir / STATS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"No prepared data in '{prepared_dir}' ({STATS_FILE} is missing). "
-                                "Run `crisp prepare` (or the pipeline's prepare_data rule) first.")
-    return json.loads(path.read_text())
+        raise DataError(
+            f"'{prepared_dir}' is not a complete prepared data set: {STATS_FILE}, which is written "
+            "last, is missing (an earlier `crisp data` was interrupted, or the folder was copied "
+            "only in part). Run `crisp data` (or the pipeline's data rule) again: it rebuilds the folder."
+        )
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        raise DataError(f"'{path}' cannot be read ({error}). Run `crisp data` again to rebuild the folder.") from error
 
 
 def load_prepared(prepared_dir: str | Path) -> datasets.DatasetDict:
-    """The tokenised splits written by `prepare`."""
-    read_stats(prepared_dir)  # raises a clear error when the folder is missing or incomplete
-    return datasets.load_from_disk(str(prepared_dir))
+    """The tokenised splits written by `prepare`; refuses a folder without its completion marker."""
+    read_stats(prepared_dir)
+    try:
+        return datasets.load_from_disk(str(prepared_dir))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise DataError(f"'{prepared_dir}' holds damaged prepared data ({error}). Run `crisp data` again.") from error
 
 
 def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding:
     """Pads each batch to its longest sequence (the cache itself is unpadded).
 
-    It pads every feature it is given, so drop the "text" column first (Trainer does this itself
-    for columns the model's forward does not take).
+    It pads every feature it is given, so drop the "text" and "text_pair" columns first (Trainer
+    does this itself for columns the model's forward does not take).
     """
     return DataCollatorWithPadding(tokenizer)

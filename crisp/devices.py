@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from crisp.errors import NoFreeDevice
 
@@ -69,7 +70,7 @@ class DeviceClaim:
     def __str__(self) -> str:
         return f"{self.device} ({self.reason})"
 
-    def __enter__(self) -> DeviceClaim:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -149,6 +150,7 @@ def count_cuda_devices() -> int:
         [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
         env=environment,
         capture_output=True,
+        check=False,
         text=True,
     )
     if result.returncode != 0:
@@ -182,3 +184,32 @@ def _all_busy_message(lock_dir: Path, n_devices: int) -> str:
         f"All {n_devices} GPUs are claimed by other processes (locks in {lock_dir}). "
         f"If Snakemake was started with --resources gpu=N, N should not exceed {n_devices}."
     )
+
+
+# Peak dense (no structured sparsity) tensor-core FLOP/s at bf16, or fp16 where the GPU has no bf16,
+# from NVIDIA's data sheets; the first entry whose text appears in torch.cuda.get_device_name() wins,
+# so more specific names come first. A GPU not listed gets no model-FLOPs utilisation: never a guess.
+PEAK_FLOPS_PER_S = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("H200", 989e12),  # also GH200
+    ("A100", 312e12),  # SXM and PCIe
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("V100", 125e12),  # fp16; no bf16
+    ("T4", 65e12),  # fp16; no bf16
+)
+# Precisions the table describes: an fp32 (TF32) run has another peak, so it gets no utilisation.
+PEAK_PRECISIONS = ("bf16", "fp16")
+
+
+def peak_flops_per_s(device_name: str, precision: str) -> float | None:
+    """The peak dense bf16/fp16 FLOP/s of a GPU named as torch names it, or None when unknown."""
+    if precision not in PEAK_PRECISIONS:
+        return None
+    for known, flops in PEAK_FLOPS_PER_S:
+        if known in device_name:
+            return flops
+    return None

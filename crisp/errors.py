@@ -13,6 +13,10 @@ class DataError(ValueError):
     """A dataset file or row is unusable; the message names the file and the row."""
 
 
+class RunFormatError(ValueError):
+    """A run folder or FLOPs file is missing, truncated or malformed; the message names the file."""
+
+
 class HubUnreachableError(RuntimeError):
     """A model or dataset is neither local nor cached, and the Hugging Face Hub cannot be reached."""
 
@@ -25,7 +29,15 @@ class NoFreeDevice(RuntimeError):
     """Every GPU stayed claimed by other processes until the timeout."""
 
 
-USER_ERRORS = (ConfigError, DataError, HubUnreachableError, TrainingInterrupted, NoFreeDevice, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    RunFormatError,
+    HubUnreachableError,
+    TrainingInterrupted,
+    NoFreeDevice,
+    FileNotFoundError,
+)
 
 
 def exit_code(error: BaseException) -> int:

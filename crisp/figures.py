@@ -1,38 +1,53 @@
 """Figures of the report, drawn from results/tables/ and the run folders.
 
-Each `plot_*` function takes tables and returns a matplotlib Figure; `write_figures` (the entry
-point of `crisp figures`) draws all of FIGURES and saves each as <name>.png and <name>.pdf.
-A figure whose data is missing is still written, as a page that says what is missing, so the
-workflow's declared outputs always exist.
+    sparsity_effects                      every task x model: each experiment's difference to its baseline
+                                          on the primary metric (bootstrap interval, per-seed differences)
+    <task>/<model>/metric_vs_sparsity     primary metric against sparsity, one line per pattern, controls apart
+    <task>/<model>/validation_loss_curves validation (and train) loss during fine-tuning
+    <task>/<model>/loss_gap               validation loss - final train loss per experiment
+    <task>/<model>/attention_maps         last-layer attention, baseline vs the most sparse experiment
+    <task>/<model>/reliability            reliability diagram, baseline vs the most sparse top-k experiment
+    <task>/<model>/attention_entropy      attention entropy and kept fraction per layer and experiment
+    flops/<model>                         FLOPs per layer by component and sequence length
+
+Each `plot_*` function returns a matplotlib Figure; `write_figures` (the entry point of `crisp figures`)
+saves each as .png and .pdf. The names come from crisp.layout, which the Snakefile also reads; this
+module imports matplotlib only when it draws, so `figure_paths` is cheap. A figure whose data is missing
+is still written, as a page that says what is missing, so the workflow's declared outputs always exist.
 """
 
 from __future__ import annotations
 
-import json
 import textwrap
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure  # object API: no pyplot state, no display backend needed
-from matplotlib.lines import Line2D
 
-from crisp.errors import DataError
-from crisp.tables import (
-    PAPER_EXAMPLES,
-    PAPER_REPORTED,
-    SST2_VALIDATION_EXAMPLES,
-    experiment_order,
-    metrics_path,
-    read_run,
-)
+from crisp.layout import FIGURE_FORMATS, TASK_MODEL_FIGURES, figure_names, model_slug
+from crisp.runs import read_attention, read_history, read_metrics, read_predictions
 
-FIGURES = ("accuracy_vs_sparsity", "validation_loss_curves", "loss_gap", "flops_breakdown", "attention_maps")
-FORMATS = ("png", "pdf")
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Drawn once per (task, model) under figures/<task>/<model_slug>/ (the list crisp.layout declares).
+FIGURES_PER_TASK_MODEL = TASK_MODEL_FIGURES
 DPI = 150
-ATTENTION_PAIR = ("dense_baseline", "aggressive_sparse")
-
+RELIABILITY_BINS = 15  # equal-width confidence bins, as the ECE in metrics.json (crisp.metrics)
+PALETTE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "tab:gray",
+)
 FLOPS_COMPONENTS = {
     "qkv_projections": "Q, K, V projections",
     "qk_scores": "QKᵀ scores",
@@ -40,89 +55,292 @@ FLOPS_COMPONENTS = {
     "attention_values": "attention · V",
     "output_projection": "output projection",
     "ffn": "feed-forward network",
+    "block_scores": "block selection (block_topk)",
 }
-PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
-def experiment_colors(order: list[str]) -> dict[str, str]:
-    """The same colour for an experiment in every figure."""
-    return {experiment: PALETTE[position % len(PALETTE)] for position, experiment in enumerate(order)}
+def figure_paths(settings: dict) -> list[str]:
+    """Every file write_figures writes, relative to the figures folder (png and pdf of each figure)."""
+    return [
+        f"{name}.{extension}"
+        for name in figure_names(settings["tasks"], settings["models"])
+        for extension in FIGURE_FORMATS
+    ]
 
 
-def sparsity_label(sparsity: float) -> str:
-    return f"{sparsity * 100:.0f} %"
+def new_figure(**options) -> Figure:
+    from matplotlib.figure import Figure  # object API: no pyplot state, no display backend needed
+
+    return Figure(layout="constrained", **options)
 
 
-# ---------------------------------------------------------------- accuracy_vs_sparsity
+def colors_of(names: Iterable[str]) -> dict[str, str]:
+    """The same colour for an experiment (or pattern) in every panel of a figure."""
+    return {name: PALETTE[position % len(PALETTE)] for position, name in enumerate(dict.fromkeys(names))}
 
 
-def plot_accuracy_vs_sparsity(runs: pd.DataFrame, summary: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(7, 4.6), layout="constrained")
+def effective_sparsity(row) -> float:
+    """The configured sparsity, or for adaptive normalisers the measured one: 1 - mean kept fraction."""
+    if pd.notna(row["sparsity"]):
+        return float(row["sparsity"])
+    kept = row.get("kept_fraction_mean")
+    return 1 - float(kept) if pd.notna(kept) else np.nan
+
+
+def is_control(row) -> bool:
+    """Controls are not points of a sparsity curve: training-only sparsity and attention dropout."""
+    return row["apply"] == "train" or (pd.notna(row["attention_dropout"]) and row["attention_dropout"] > 0)
+
+
+def control_label(row) -> str:
+    parts = []
+    if row["apply"] == "train":
+        parts.append("sparse in training only")
+    if pd.notna(row["attention_dropout"]) and row["attention_dropout"] > 0:
+        parts.append(f"attention dropout {row['attention_dropout']:g}")
+    return f"{row['experiment']} ({', '.join(parts)})"
+
+
+def paper_points(dataset: str, model: str, metric: str) -> tuple:
+    """The paper's (experiment, sparsity, accuracy %) where they apply: DistilBERT on SST-2, accuracy."""
+    from crisp.tables import PAPER_REPORTED, paper_applies
+
+    return PAPER_REPORTED if metric == "accuracy" and paper_applies(dataset, model) else ()
+
+
+def placeholder_figure(title: str, message: str) -> Figure:
+    figure = new_figure(figsize=(7, 3))
+    figure.text(0.5, 0.6, title, ha="center", fontsize=12, weight="bold")
+    figure.text(0.5, 0.4, "\n".join(textwrap.wrap(message, 90)), ha="center", va="top", fontsize=10)
+    return figure
+
+
+# ---------------------------------------------------------------- sparsity_effects
+
+
+def is_significant(value) -> bool:
+    """summary.csv's significant column: True, False or blank (no comparison)."""
+    return pd.notna(value) and str(value).lower() in ("true", "1", "1.0")
+
+
+def seed_differences(runs: pd.DataFrame, row, baseline: str) -> np.ndarray:
+    """Per-seed differences of the primary metric to the baseline of the same task and model."""
+    pair = runs[(runs["task"] == row["task"]) & (runs["model_slug"] == row["model_slug"])]
+    experiment = pair[pair["experiment"] == row["experiment"]].set_index("seed")["primary"]
+    reference = pair[pair["experiment"] == baseline].set_index("seed")["primary"]
+    seeds = sorted(set(experiment.index) & set(reference.index))
+    return (experiment.loc[seeds] - reference.loc[seeds]).to_numpy()
+
+
+def plot_sparsity_effects(summary: pd.DataFrame, runs: pd.DataFrame, baseline: str) -> Figure:
+    """Forest plot: point = mean difference, bar = bootstrap interval, dots = single seeds (x 100)."""
+    from matplotlib.lines import Line2D
+
+    from crisp.metrics import metric_label
+    from crisp.tables import PAPER_REPORTED, paper_applies
+
+    compared = summary.dropna(subset=["delta_primary_mean"])
+    groups = list(compared.groupby(["task", "model_slug"], sort=False))
+    rows = len(compared) + len(groups)
+    figure = new_figure(figsize=(8, 1.6 + 0.32 * rows))
     axes = figure.subplots()
-    jitter = np.random.default_rng(0)  # spreads seeds sideways so equal accuracies stay visible
-
-    for position, (pattern, group) in enumerate(summary.groupby("pattern", sort=False)):
-        color = PALETTE[position % len(PALETTE)]
-        seeds = runs[runs["pattern"] == pattern]
-        axes.scatter(
-            seeds["sparsity"] * 100 + jitter.uniform(-0.8, 0.8, len(seeds)), seeds["validation_accuracy"] * 100,
-            color=color, alpha=0.35, s=16, label=f"{pattern}: single seeds",
+    colors = colors_of(compared["pattern"])
+    jitter = np.random.default_rng(0)  # spreads seeds vertically so equal differences stay visible
+    position, ticks, labels = rows, [], []
+    for (task, _), group in groups:
+        first = group.iloc[0]
+        axes.text(
+            0.01,
+            position,
+            f"{task} · {first['model']} ({metric_label(first['metric'])})",
+            transform=axes.get_yaxis_transform(),
+            fontsize=8,
+            weight="bold",
+            va="center",
         )
-        # A single seed has no std (NaN): matplotlib then draws the mean without a bar.
+        position -= 1
+        for _, row in group.iterrows():
+            color = colors[row["pattern"]]
+            differences = seed_differences(runs, row, baseline) * 100
+            axes.scatter(
+                differences,
+                position + jitter.uniform(-0.15, 0.15, len(differences)),
+                s=10,
+                color=color,
+                alpha=0.45,
+                zorder=2,
+            )
+            low, high = row["delta_primary_low"] * 100, row["delta_primary_high"] * 100
+            mean = row["delta_primary_mean"] * 100
+            axes.errorbar(
+                mean,
+                position,
+                xerr=[[mean - low], [high - mean]],
+                fmt="o",
+                color=color,
+                capsize=3,
+                zorder=3,
+                markerfacecolor=color if is_significant(row["significant"]) else "white",
+            )
+            if (
+                row["experiment"] == PAPER_REPORTED[1][0]
+                and row["metric"] == "accuracy"
+                and paper_applies(row["dataset"], row["model"])
+            ):
+                axes.scatter(
+                    PAPER_REPORTED[1][2] - PAPER_REPORTED[0][2], position, marker="*", s=120, color="black", zorder=4
+                )
+            sparsity = effective_sparsity(row)
+            ticks.append(position)
+            labels.append(f"{row['experiment']} ({'?' if np.isnan(sparsity) else f'{sparsity * 100:.0f} %'})")
+            position -= 1
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_yticks(ticks, labels, fontsize=7)
+    axes.set_ylim(position + 0.5, rows + 0.5)
+    level = f"{compared['confidence'].iloc[0] * 100:g} %"
+    axes.set_xlabel(f"difference to {baseline} on the task's primary metric (×100)")
+    axes.set_title("Effect of attention sparsity, per task and model", fontsize=11)
+    axes.grid(axis="x", alpha=0.3)
+    handles = [
+        Line2D(
+            [], [], color="grey", marker="o", label=f"mean difference, {level} paired bootstrap CI (filled: excludes 0)"
+        ),
+        Line2D([], [], color="grey", marker="o", linestyle="", alpha=0.45, markersize=3, label="single seeds"),
+        *[Line2D([], [], color=color, linewidth=4, label=pattern) for pattern, color in colors.items()],
+    ]
+    if any(paper_applies(row.dataset, row.model) for row in compared.itertuples()):
+        handles.append(Line2D([], [], color="black", marker="*", linestyle="", label="paper: +0.97 pt (single runs)"))
+    axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return figure
+
+
+# ---------------------------------------------------------------- metric_vs_sparsity
+
+
+def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline: str) -> Figure:
+    """Primary metric (x 100) against sparsity: one line per pattern with its interval band; controls apart."""
+    from crisp.metrics import metric_label
+
+    figure = new_figure(figsize=(7.5, 4.6))
+    axes = figure.subplots()
+    first = summary.iloc[0]
+    points = summary.assign(x=[effective_sparsity(row) * 100 for _, row in summary.iterrows()])
+    reference = points[points["experiment"] == baseline]
+    jitter = np.random.default_rng(0)
+
+    def seeds_of(row):
+        return runs[(runs["experiment"] == row["experiment"])]["primary"].to_numpy() * 100
+
+    base_mean = np.nan
+    if not reference.empty:
+        base = reference.iloc[0]
+        base_mean = base["primary_mean"] * 100
+        axes.axhline(base_mean, color="black", linestyle=":", linewidth=1)
+        seeds = seeds_of(base)
+        axes.scatter(base["x"] + jitter.uniform(-0.6, 0.6, len(seeds)), seeds, color="black", alpha=0.3, s=12)
+        axes.plot(base["x"], base_mean, "ks", label=f"{baseline} (mean over seeds)")
+
+    curves = points[(points["experiment"] != baseline) & ~points.apply(is_control, axis=1)]
+    colors = colors_of(curves["pattern"])
+    for pattern, group in curves.groupby("pattern", sort=False):
+        group = group.sort_values("x")
+        color = colors[pattern]
+        # Where the experiment lies given the baseline: baseline mean + bootstrap CI of the difference.
+        low = base_mean + group["delta_primary_low"] * 100
+        high = base_mean + group["delta_primary_high"] * 100
+        mean = group["primary_mean"] * 100
+        axes.plot(group["x"], mean, marker="o", color=color, label=f"{pattern} (mean over seeds)")
         axes.errorbar(
-            group["sparsity"] * 100, group["validation_accuracy_mean"] * 100,
-            yerr=group["validation_accuracy_std"] * 100, color=color, marker="o", capsize=4,
-            label=f"{pattern}: mean ± std over seeds",
+            group["x"],
+            mean,
+            yerr=[np.clip(mean - low, 0, None), np.clip(high - mean, 0, None)],
+            fmt="none",
+            color=color,
+            capsize=3,
+        )
+        if len(group) > 1:
+            axes.fill_between(group["x"], low, high, color=color, alpha=0.15, linewidth=0)
+        for _, row in group.iterrows():
+            seeds = seeds_of(row)
+            axes.scatter(row["x"] + jitter.uniform(-0.6, 0.6, len(seeds)), seeds, color=color, alpha=0.3, s=12)
+
+    controls = points[(points["experiment"] != baseline) & points.apply(is_control, axis=1)]
+    for marker, (_, row) in zip(("D", "^", "v", "P", "X", "h"), controls.iterrows()):
+        mean = row["primary_mean"] * 100
+        low, high = base_mean + row["delta_primary_low"] * 100, base_mean + row["delta_primary_high"] * 100
+        yerr = None if np.isnan(low) else [[max(mean - low, 0)], [max(high - mean, 0)]]
+        axes.errorbar(
+            row["x"],
+            mean,
+            yerr=yerr,
+            fmt=marker,
+            color="dimgray",
+            capsize=3,
+            markersize=7,
+            label=f"control: {control_label(row)}",
         )
 
-    for experiment, sparsity, accuracy in PAPER_REPORTED:
-        axes.annotate(f"{accuracy:.2f}", (sparsity * 100, accuracy), textcoords="offset points", xytext=(8, 4), fontsize=8)
-    axes.scatter(
-        [sparsity * 100 for _, sparsity, _ in PAPER_REPORTED], [accuracy for _, _, accuracy in PAPER_REPORTED],
-        marker="*", s=180, color="black", zorder=5, label=f"paper: DistilBERT, SST-2 ({PAPER_EXAMPLES} of {SST2_VALIDATION_EXAMPLES} examples)",
+    stars = paper_points(first["dataset"], first["model"], first["metric"])
+    if stars:
+        axes.scatter(
+            [s * 100 for _, s, _ in stars],
+            [a for _, _, a in stars],
+            marker="*",
+            s=160,
+            color="black",
+            zorder=5,
+            label="paper (single runs, 832 of 872 examples)",
+        )
+    level = summary["confidence"].dropna()
+    band = f"{level.iloc[0] * 100:g} % bootstrap CI of the difference to {baseline}" if len(level) else "no interval"
+    axes.set_xlabel("attention sparsity (% of keys masked per query; adaptive: measured)")
+    axes.set_ylabel(f"validation {metric_label(first['metric'])} (×100)")
+    axes.set_title(
+        f"{first['task']} · {first['model']}: {metric_label(first['metric'])} vs sparsity\n"
+        f"bars/bands: {band}; faint dots: single seeds",
+        fontsize=9,
     )
-
-    axes.set_xlabel("attention sparsity (% of scores masked per query)")
-    axes.set_ylabel("validation accuracy (%)")
-    described = " / ".join(sorted({f"{row.model} on {row.dataset}" for row in runs.itertuples()}))
-    axes.set_title(f"Validation accuracy vs attention sparsity\n{described}", fontsize=11)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return figure
 
 
 # ---------------------------------------------------------------- validation_loss_curves
 
 
-def plot_validation_loss_curves(histories: pd.DataFrame, order: list[str], show_train: bool = True) -> Figure:
+def plot_validation_loss_curves(histories: pd.DataFrame, order: list[str], title: str) -> Figure:
     """Mean over seeds per step, band = min-max over seeds; train loss dashed."""
-    figure = Figure(figsize=(9.5, 4.6), layout="constrained")
-    axes = figure.subplots()
-    colors = experiment_colors(order)
+    from matplotlib.lines import Line2D
 
+    figure = new_figure(figsize=(9, 4.6))
+    axes = figure.subplots()
+    colors = colors_of(order)
     for experiment in order:
         history = histories[histories["experiment"] == experiment]
-        if history.empty:
+        validation = history.dropna(subset=["validation_loss"])
+        if validation.empty:
             continue
         n_seeds = history["seed"].nunique()
-        validation = history.dropna(subset=["validation_loss"]).groupby("step")["validation_loss"].agg(["mean", "min", "max"])
-        axes.plot(validation.index, validation["mean"], color=colors[experiment], marker=".", label=f"{experiment} ({n_seeds} seeds)")
-        axes.fill_between(validation.index, validation["min"], validation["max"], color=colors[experiment], alpha=0.2, linewidth=0)
-        if show_train:
-            train = history.dropna(subset=["train_loss"]).groupby("step")["train_loss"].mean()
-            axes.plot(train.index, train.values, color=colors[experiment], linestyle="--", alpha=0.7)
-
+        loss = validation.groupby("step")["validation_loss"].agg(["mean", "min", "max"])
+        axes.plot(
+            loss.index, loss["mean"], color=colors[experiment], marker=".", label=f"{experiment} ({n_seeds} seeds)"
+        )
+        axes.fill_between(loss.index, loss["min"], loss["max"], color=colors[experiment], alpha=0.2, linewidth=0)
+        train = history.dropna(subset=["train_loss"]).groupby("step")["train_loss"].mean()
+        axes.plot(train.index, train.to_numpy(), color=colors[experiment], linestyle="--", alpha=0.7)
     styles = [
         Line2D([], [], color="grey", marker=".", label="validation loss (mean; band: min–max over seeds)"),
         Line2D([], [], color="grey", linestyle="--", label="train loss (mean over seeds)"),
     ]
     # Both legends sit right of the axes so they never hide a curve.
-    experiments_legend = axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), title="experiment", title_fontsize=8)
+    experiments_legend = axes.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), title="experiment", title_fontsize=8
+    )
     axes.add_artist(experiments_legend)
-    axes.legend(handles=styles if show_train else styles[:1], fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
+    axes.legend(handles=styles, fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0))
     axes.set_xlabel("training step (optimizer updates)")
     axes.set_ylabel("cross-entropy loss (nats)")
-    axes.set_title("Validation loss during fine-tuning")
+    axes.set_title(f"Validation loss during fine-tuning: {title}", fontsize=10)
     axes.grid(alpha=0.3)
     return figure
 
@@ -130,127 +348,52 @@ def plot_validation_loss_curves(histories: pd.DataFrame, order: list[str], show_
 # ---------------------------------------------------------------- loss_gap
 
 
-def plot_loss_gap(runs: pd.DataFrame, summary: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(7, 4.6), layout="constrained")
+def plot_loss_gap(summary: pd.DataFrame, runs: pd.DataFrame, title: str) -> Figure:
+    figure = new_figure(figsize=(max(6, 1.1 * len(summary) + 2), 4.6))
     axes = figure.subplots()
     order = summary["experiment"].tolist()
-    colors = experiment_colors(order)
+    colors = colors_of(order)
     positions = np.arange(len(order))
     jitter = np.random.default_rng(0)
-
     axes.bar(
-        positions, summary["loss_gap_mean"], yerr=summary["loss_gap_std"], capsize=5,  # NaN std: no bar
-        color=[colors[experiment] for experiment in order], alpha=0.6, label="mean ± std over seeds",
+        positions,
+        summary["loss_gap_mean"],
+        yerr=summary["loss_gap_std"],
+        capsize=5,  # NaN std: no bar
+        color=[colors[name] for name in order],
+        alpha=0.6,
+        label="mean ± std over seeds",
     )
     for position, experiment in zip(positions, order):
         gaps = runs.loc[runs["experiment"] == experiment, "loss_gap"]
         axes.scatter(
-            position + jitter.uniform(-0.12, 0.12, len(gaps)), gaps, color="black", s=16, zorder=3,
+            position + jitter.uniform(-0.12, 0.12, len(gaps)),
+            gaps,
+            color="black",
+            s=14,
+            zorder=3,
             label="single seeds" if position == 0 else None,
         )
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.set_xticks(
-        positions, [f"{row.experiment}\n{sparsity_label(row.sparsity)} sparse" for row in summary.itertuples()], fontsize=8
-    )
+    axes.set_xticks(positions, [name.replace("_", "\n", 1) for name in order], fontsize=7)
     axes.set_ylabel("validation loss − final train loss (nats)")
-    axes.set_title("Generalisation gap per experiment (lower: less overfitting)")
+    axes.set_title(f"Generalisation gap per experiment (lower: less overfitting): {title}", fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8)
-    return figure
-
-
-# ---------------------------------------------------------------- flops_breakdown
-
-
-def plot_flops_breakdown(flops: pd.DataFrame) -> Figure:
-    """Stacked per-component forward FLOPs (ideal sparse view) per experiment, one panel per n."""
-    forward = flops[flops["pass"] == "forward"]
-    ideal = forward[forward["view"] == "ideal_sparse"]
-    executed = forward[(forward["view"] == "as_executed") & (forward["component"] == "total")]
-    order = experiment_order(forward)
-    seq_lens = sorted(forward["seq_len"].unique())
-    columns = min(2, len(seq_lens))
-    rows = int(np.ceil(len(seq_lens) / columns))
-
-    figure = Figure(figsize=(5.2 * columns, 3.8 * rows + 0.8), layout="constrained")
-    panels = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    positions = np.arange(len(order))
-    component_colors = dict(zip(FLOPS_COMPONENTS, PALETTE))
-
-    for panel, seq_len in zip(panels, seq_lens):
-        bottom = np.zeros(len(order))
-        at_length = ideal[ideal["seq_len"] == seq_len]
-        for component, label in FLOPS_COMPONENTS.items():
-            rows_of_component = at_length[at_length["component"] == component].set_index("experiment")
-            gflops = rows_of_component["flops"].reindex(order).fillna(0).to_numpy() / 1e9
-            panel.bar(positions, gflops, bottom=bottom, color=component_colors[component], label=label)
-            bottom += gflops
-        executed_total = executed[executed["seq_len"] == seq_len].set_index("experiment")["flops"].reindex(order) / 1e9
-        panel.scatter(
-            positions, executed_total, marker="_", s=900, linewidths=2.5, color="black", zorder=3,
-            label="as executed total (top-k still computes the full QKᵀ)",
-        )
-        reductions = at_length[at_length["component"] == "total"].set_index("experiment")["reduction"].reindex(order)
-        # Above whichever is higher, the stack or the as-executed mark, so neither hides the label.
-        label_heights = np.fmax(bottom, executed_total.to_numpy())
-        for position, height, reduction in zip(positions, label_heights, reductions):
-            if pd.notna(reduction) and reduction > 0:
-                panel.annotate(f"−{reduction:.1%}", (position, height), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)
-        panel.set_title(f"n = {seq_len} tokens")
-        panel.set_ylabel("GFLOPs per layer (forward)")
-        panel.set_xticks(positions, [name.replace("_", "\n") for name in order], fontsize=7)
-        panel.margins(y=0.12)
-        panel.grid(axis="y", alpha=0.3)
-    for unused in panels[len(seq_lens):]:
-        unused.set_visible(False)
-
-    handles, labels = panels[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8, markerscale=0.5)
-    figure.suptitle("FLOPs per encoder layer and sequence, by component (ideal sparse kernel; labels: reduction vs dense)")
     return figure
 
 
 # ---------------------------------------------------------------- attention_maps
 
 
-def read_attention(run_dir: Path) -> dict:
-    """attention.json of a run folder, checked: one square matrix per layer, sized like tokens."""
-    path = run_dir / "attention.json"
-    attention = json.loads(path.read_text())
-    for key in ("experiment", "seed", "text", "tokens", "layers"):
-        if key not in attention:
-            raise DataError(f"{path} has no key '{key}'; rerun `crisp train` for this run to rewrite it.")
-    size = len(attention["tokens"])
-    for layer, matrix in enumerate(attention["layers"]):
-        if np.shape(matrix) != (size, size):
-            raise DataError(f"{path}: layer {layer} is {np.shape(matrix)}, expected {size} x {size} (one row and column per token).")
-    if not attention["layers"]:
-        raise DataError(f"{path} has an empty 'layers' list.")
-    return attention
-
-
-def choose_attention_runs(attentions: dict[tuple[str, int], dict], runs: pd.DataFrame) -> list[dict]:
-    """dense_baseline vs aggressive_sparse, else the lowest- vs highest-sparsity experiment; first seed."""
-    available = [experiment for experiment in experiment_order(runs) if any(key[0] == experiment for key in attentions)]
-    if not available:
-        return []
-    pair = ATTENTION_PAIR if all(name in available for name in ATTENTION_PAIR) else (available[0], available[-1])
-    chosen = []
-    for experiment in dict.fromkeys(pair):  # one panel when both ends are the same experiment
-        seed = min(seed for name, seed in attentions if name == experiment)
-        chosen.append(attentions[(experiment, seed)])
-    return chosen
-
-
-def plot_attention_maps(attentions: list[dict]) -> Figure:
+def plot_attention_maps(attentions: list[dict], title: str) -> Figure:
     """Last-layer, head-averaged attention of one sentence, side by side on one colour scale."""
     matrices = [np.asarray(attention["layers"][-1], dtype=float) for attention in attentions]
     tokens = attentions[0]["tokens"]
-    figure = Figure(figsize=(5.6 * len(attentions) + 1.2, 6.2), layout="constrained")
+    figure = new_figure(figsize=(5.2 * len(attentions) + 1.2, 5.8))
     panels = figure.subplots(1, len(attentions), squeeze=False)[0]
     fontsize = 8 if len(tokens) <= 30 else 6 if len(tokens) <= 50 else 4
     vmax = max(matrix.max() for matrix in matrices)
-
     for panel, attention, matrix in zip(panels, attentions, matrices):
         image = panel.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax)
         ticks = range(len(attention["tokens"]))
@@ -258,21 +401,180 @@ def plot_attention_maps(attentions: list[dict]) -> Figure:
         panel.set_yticks(ticks, attention["tokens"], fontsize=fontsize)
         panel.set_xlabel("key token (attended to)")
         panel.set_ylabel("query token")
-        panel.set_title(f"{attention['experiment']} (seed {attention['seed']})")
+        panel.set_title(f"{attention['experiment']} (seed {attention['seed']})", fontsize=9)
     figure.colorbar(image, ax=panels.tolist(), shrink=0.8, label="attention probability (mean over heads)")
-    text = textwrap.shorten(attentions[0]["text"], width=90, placeholder=" …")
-    figure.suptitle(f"Last-layer attention on the first validation sentence:\n“{text}”", fontsize=10)
+    text = textwrap.shorten(str(attentions[0]["text"]), width=90, placeholder=" …")
+    figure.suptitle(f"{title}: last-layer attention on the first validation example\n“{text}”", fontsize=9)
     return figure
 
 
-# ---------------------------------------------------------------- missing data
+# ---------------------------------------------------------------- reliability
 
 
-def placeholder_figure(title: str, message: str) -> Figure:
-    figure = Figure(figsize=(7, 3))
-    figure.text(0.5, 0.6, title, ha="center", fontsize=12, weight="bold")
-    figure.text(0.5, 0.4, message, ha="center", fontsize=10, wrap=True)
+def reliability_bins(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per equal-width confidence bin: examples, mean confidence and accuracy of the top class."""
+    confidence = predictions["probability"].to_numpy(dtype=float)
+    correct = (predictions["prediction"].to_numpy() == predictions["label"].to_numpy()).astype(float)
+    # Bin b holds confidences in (b/B, (b+1)/B]; a confidence of exactly 0 joins the first bin.
+    bins = np.clip(np.ceil(confidence * RELIABILITY_BINS).astype(int) - 1, 0, RELIABILITY_BINS - 1)
+    frame = pd.DataFrame({"bin": bins, "confidence": confidence, "correct": correct})
+    table = frame.groupby("bin").agg(
+        examples=("correct", "size"), confidence=("confidence", "mean"), accuracy=("correct", "mean")
+    )
+    return table.reindex(range(RELIABILITY_BINS))
+
+
+def plot_reliability(pooled: dict[str, pd.DataFrame], ece: dict[str, float], title: str) -> Figure:
+    """Accuracy against confidence per bin (predictions pooled over seeds), with the share of examples per bin."""
+    figure = new_figure(figsize=(6.4, 6))
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    colors = colors_of(pooled)
+    edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
+    width = 1 / RELIABILITY_BINS / (len(pooled) + 1)
+    top.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=1, label="perfect calibration")
+    for offset, (experiment, predictions) in enumerate(pooled.items()):
+        table = reliability_bins(predictions)
+        label = f"{experiment} (ECE {ece[experiment]:.3f})" if pd.notna(ece.get(experiment)) else experiment
+        top.plot(table["confidence"], table["accuracy"], marker="o", color=colors[experiment], label=label)
+        share = table["examples"].fillna(0) / len(predictions)
+        bottom.bar(edges[:-1] + width * (offset + 0.5), share, width=width, align="edge", color=colors[experiment])
+    top.set_ylabel("accuracy in bin")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_title(f"Reliability ({RELIABILITY_BINS} equal-width bins, seeds pooled): {title}", fontsize=10)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.set_xticks(edges[::3])
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel("share of\nexamples")
+    bottom.grid(axis="y", alpha=0.3)
     return figure
+
+
+# ---------------------------------------------------------------- attention_entropy
+
+
+def plot_attention_entropy(diagnostics: pd.DataFrame, order: list[str], title: str) -> Figure:
+    """Per layer: mean attention entropy and kept fraction over seeds, one line per experiment."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = new_figure(figsize=(10, 4.2))
+    panels = figure.subplots(1, 2)
+    colors = colors_of(order)
+    for panel, (column, label) in zip(
+        panels, (("attention_entropy", "attention entropy (nats)"), ("kept_fraction", "fraction of keys kept"))
+    ):
+        for experiment in order:
+            rows = diagnostics[(diagnostics["experiment"] == experiment)].dropna(subset=[column])
+            if rows.empty:
+                continue
+            per_layer = rows.groupby("layer")[column].agg(["mean", "min", "max"])
+            panel.plot(per_layer.index + 1, per_layer["mean"], marker="o", color=colors[experiment], label=experiment)
+            panel.fill_between(
+                per_layer.index + 1,
+                per_layer["min"],
+                per_layer["max"],
+                color=colors[experiment],
+                alpha=0.15,
+                linewidth=0,
+            )
+        panel.set_xlabel("encoder layer")
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+        panel.set_ylabel(label)
+        panel.grid(alpha=0.3)
+    panels[1].set_ylim(0, 1.05)
+    panels[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    figure.suptitle(f"Attention per layer on the validation set (mean over seeds; band: min–max): {title}", fontsize=10)
+    return figure
+
+
+# ---------------------------------------------------------------- flops
+
+
+def plot_flops_breakdown(flops: pd.DataFrame, model: str) -> Figure:
+    """Stacked per-component forward FLOPs (ideal sparse view) per experiment, one panel per n."""
+    forward = flops[flops["pass"] == "forward"]
+    ideal = forward[forward["view"] == "ideal_sparse"]
+    executed = forward[(forward["view"] == "as_executed") & (forward["component"] == "total")]
+    experiments = forward.drop_duplicates("experiment").assign(sparsity=lambda f: pd.to_numeric(f["sparsity"]))
+    order = experiments.sort_values(["sparsity", "experiment"], na_position="last")["experiment"].tolist()
+    seq_lens = sorted(forward["seq_len"].unique())
+    columns = min(2, len(seq_lens))
+    rows = int(np.ceil(len(seq_lens) / columns))
+    figure = new_figure(figsize=(max(5.2, 0.55 * len(order) + 2) * columns, 3.8 * rows + 0.8))
+    panels = figure.subplots(rows, columns, squeeze=False).ravel()
+    positions = np.arange(len(order))
+    component_colors = dict(zip(FLOPS_COMPONENTS, PALETTE))
+    for panel, seq_len in zip(panels, seq_lens):
+        bottom = np.zeros(len(order))
+        at_length = ideal[ideal["seq_len"] == seq_len]
+        for component, label in FLOPS_COMPONENTS.items():
+            if component not in set(ideal["component"]):
+                continue
+            of_component = at_length[at_length["component"] == component].set_index("experiment")
+            gflops = of_component["flops"].reindex(order).fillna(0).to_numpy() / 1e9
+            panel.bar(positions, gflops, bottom=bottom, color=component_colors[component], label=label)
+            bottom += gflops
+        executed_total = executed[executed["seq_len"] == seq_len].set_index("experiment")["flops"].reindex(order) / 1e9
+        panel.scatter(
+            positions,
+            executed_total,
+            marker="_",
+            s=600,
+            linewidths=2.5,
+            color="black",
+            zorder=3,
+            label="as executed total (top-k still computes the full QKᵀ)",
+        )
+        reductions = at_length[at_length["component"] == "total"].set_index("experiment")["reduction"].reindex(order)
+        heights = np.fmax(bottom, executed_total.fillna(0).to_numpy())  # above the stack and the mark
+        for position, height, reduction in zip(positions, heights, reductions):
+            if pd.notna(reduction) and reduction > 0:
+                panel.annotate(
+                    f"−{reduction:.1%}",
+                    (position, height),
+                    textcoords="offset points",
+                    xytext=(0, 4),
+                    ha="center",
+                    fontsize=7,
+                )
+            elif pd.isna(reduction):  # adaptive normalisers keep a data-dependent number of keys
+                panel.annotate("adaptive:\nno fixed\nkept count", (position, height / 2), ha="center", fontsize=6)
+        panel.set_title(f"n = {seq_len} tokens", fontsize=9)
+        panel.set_ylabel("GFLOPs per layer (forward)")
+        panel.set_xticks(positions, [name.replace("_", "\n") for name in order], fontsize=6)
+        panel.set_ylim(0, np.nanmax(heights) * 1.15 if len(heights) else 1)
+        panel.grid(axis="y", alpha=0.3)
+    for unused in panels[len(seq_lens) :]:
+        unused.set_visible(False)
+    handles, labels = panels[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=7, markerscale=0.5)
+    figure.suptitle(
+        f"{model}: FLOPs per encoder layer and sequence by component (ideal sparse kernel; labels: reduction vs dense)",
+        fontsize=10,
+    )
+    return figure
+
+
+# ---------------------------------------------------------------- choosing runs to show
+
+
+def most_sparse(summary: pd.DataFrame, baseline: str, pattern: str | None = None) -> str | None:
+    """The experiment with the highest (configured or measured) sparsity that is sparse at evaluation,
+    optionally of one pattern; None when there is none."""
+    candidates = summary[(summary["experiment"] != baseline) & ~summary.apply(is_control, axis=1)]
+    if pattern is not None:
+        candidates = candidates[candidates["pattern"] == pattern]
+    candidates = candidates.assign(effective=[effective_sparsity(row) for _, row in candidates.iterrows()])
+    candidates = candidates.dropna(subset=["effective"])
+    if candidates.empty:
+        return None
+    return candidates.sort_values(["effective", "experiment"], ascending=[False, True])["experiment"].iloc[0]
+
+
+def first_seed_run(run_folders: dict, experiment: str) -> Path | None:
+    seeds = sorted(seed for name, seed in run_folders if name == experiment)
+    return run_folders[(experiment, seeds[0])] if seeds else None
 
 
 # ---------------------------------------------------------------- entry point
@@ -280,8 +582,9 @@ def placeholder_figure(title: str, message: str) -> Figure:
 
 def save_figure(figure: Figure, out_dir: Path, name: str) -> list[Path]:
     paths = []
-    for extension in FORMATS:
+    for extension in FIGURE_FORMATS:
         path = out_dir / f"{name}.{extension}"
+        path.parent.mkdir(parents=True, exist_ok=True)
         # No creation date in PDFs, so the same results give byte-identical files.
         metadata = {"CreationDate": None} if extension == "pdf" else {}
         figure.savefig(path, dpi=DPI, metadata=metadata)
@@ -289,52 +592,121 @@ def save_figure(figure: Figure, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def read_run_artifacts(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[tuple[str, int], dict]]:
-    """history.csv of every run (with experiment and seed columns) and attention.json by (experiment, seed)."""
-    histories, attentions = [], {}
-    for run in run_dirs:
-        run_dir = metrics_path(run).parent
-        identity = read_run(run_dir)
-        key = (identity["experiment"], identity["seed"])
-        if (run_dir / "history.csv").exists():
-            history = pd.read_csv(run_dir / "history.csv")
-            missing = {"step", "train_loss", "validation_loss"} - set(history.columns)
-            if missing:
-                raise DataError(f"{run_dir / 'history.csv'} lacks column(s) {sorted(missing)}.")
-            histories.append(history.assign(experiment=key[0], seed=key[1]))
-        if (run_dir / "attention.json").exists():
-            attentions[key] = read_attention(run_dir)
-    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["experiment", "seed", "step"])
-    return history, attentions
+def task_model_drawers(
+    task: str, model: str, summary: pd.DataFrame, runs: pd.DataFrame, run_folders: dict, baseline: str
+) -> dict[str, Callable[[], Figure]]:
+    """The six per-(task, model) figures, each a function that draws it (or its placeholder)."""
+    title = f"{task} · {model}"
+    if summary.empty:
+        missing = f"No finished runs of task {task} with model {model} were given."
+        return {
+            name: (lambda name=name: placeholder_figure(f"{name.replace('_', ' ')}: {title}", missing))
+            for name in FIGURES_PER_TASK_MODEL
+        }
+    order = summary["experiment"].tolist()
+    sparse = most_sparse(summary, baseline)
+    sparse_topk = most_sparse(summary, baseline, "topk") or sparse
+    loaded: dict[str, pd.DataFrame] = {}
+
+    def histories() -> pd.DataFrame:
+        frames = [
+            read_history(folder).assign(experiment=name, seed=seed) for (name, seed), folder in run_folders.items()
+        ]
+        return pd.concat(frames, ignore_index=True)
+
+    def loss_curves() -> Figure:
+        return plot_validation_loss_curves(histories(), order, title)
+
+    def attention_maps() -> Figure:
+        chosen = [first_seed_run(run_folders, name) for name in dict.fromkeys([baseline, sparse]) if name]
+        attentions = [read_attention(folder) for folder in chosen if folder is not None]
+        if not attentions:
+            return placeholder_figure(f"Attention maps: {title}", f"No runs of {baseline} or a sparse experiment.")
+        return plot_attention_maps(attentions, title)
+
+    def reliability() -> Figure:
+        for name in dict.fromkeys([baseline, sparse_topk]):
+            folders = [folder for (experiment, _), folder in run_folders.items() if experiment == name]
+            if name and folders:
+                loaded[name] = pd.concat([read_predictions(folder) for folder in folders], ignore_index=True)
+        if not loaded:
+            return placeholder_figure(f"Reliability: {title}", "No predictions of the baseline or a sparse experiment.")
+        ece = summary.set_index("experiment")["ece_mean"].to_dict()
+        return plot_reliability(loaded, ece, title)
+
+    def attention_entropy() -> Figure:
+        rows = []
+        for (name, seed), folder in run_folders.items():
+            diagnostics = read_metrics(folder).get("diagnostics") or {}
+            for column in ("attention_entropy", "kept_fraction"):
+                for layer, value in enumerate(diagnostics.get(column) or []):
+                    rows.append({"experiment": name, "seed": seed, "layer": layer, column: value})
+        if not rows:
+            return placeholder_figure(
+                f"Attention entropy: {title}", "The runs' metrics.json hold no per-layer diagnostics."
+            )
+        frame = pd.DataFrame(rows).groupby(["experiment", "seed", "layer"], as_index=False).first()
+        return plot_attention_entropy(frame, order, title)
+
+    return {
+        "metric_vs_sparsity": lambda: plot_metric_vs_sparsity(summary, runs, baseline),
+        "validation_loss_curves": loss_curves,
+        "loss_gap": lambda: plot_loss_gap(summary, runs, title),
+        "attention_maps": attention_maps,
+        "reliability": reliability,
+        "attention_entropy": attention_entropy,
+    }
 
 
-def write_figures(tables_dir: str | Path, run_dirs: Iterable[str | Path], out_dir: str | Path) -> list[Path]:
-    """Draw every figure in FIGURES from tables_dir (runs, summary, flops CSVs) and the run folders."""
+def write_figures(
+    tables_dir: str | Path, run_dirs: Iterable[str | Path], out_dir: str | Path, settings: dict
+) -> list[Path]:
+    """Draw every figure of figure_paths(settings) from tables_dir (runs, summary and flops CSVs) and the
+    run folders; return the written paths.
+
+    settings: crisp.settings.figures_settings(config): baseline, tasks, models, experiments, statistics.
+    """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    baseline = settings["baseline"]
     runs = pd.read_csv(tables_dir / "runs.csv")
     summary = pd.read_csv(tables_dir / "summary.csv")
     flops = pd.read_csv(tables_dir / "flops.csv")
-    histories, attentions = read_run_artifacts(run_dirs)
-    attention_runs = choose_attention_runs(attentions, runs)
+    run_folders: dict[tuple, Path] = {}
+    for run_dir in map(Path, run_dirs):
+        metrics = read_metrics(run_dir)
+        run_folders[(metrics["task"], metrics["model_slug"], metrics["experiment"], int(metrics["seed"]))] = run_dir
 
-    drawers: dict[str, Callable[[], Figure]] = {
-        "accuracy_vs_sparsity": lambda: plot_accuracy_vs_sparsity(runs, summary),
-        "validation_loss_curves": lambda: (
-            plot_validation_loss_curves(histories, experiment_order(runs)) if not histories.empty
-            else placeholder_figure("Validation loss curves", "No history.csv in the run folders.")
-        ),
-        "loss_gap": lambda: plot_loss_gap(runs, summary),
-        "flops_breakdown": lambda: (
-            plot_flops_breakdown(flops) if not flops.empty
-            else placeholder_figure("FLOPs breakdown", f"{tables_dir / 'flops.csv'} has no rows: run `crisp profile` first.")
-        ),
-        "attention_maps": lambda: (
-            plot_attention_maps(attention_runs) if attention_runs
-            else placeholder_figure("Attention maps", "No attention.json in the run folders.")
-        ),
-    }
     paths = []
-    for name in FIGURES:
-        paths += save_figure(drawers[name](), out_dir, name)
+    if summary["delta_primary_mean"].notna().any():
+        figure = plot_sparsity_effects(summary, runs, baseline)
+    else:
+        figure = placeholder_figure(
+            "Sparsity effects", f"No experiment shares a seed with {baseline} in its task and model."
+        )
+    paths += save_figure(figure, out_dir, "sparsity_effects")
+
+    for task in settings["tasks"]:
+        for model in settings["models"]:
+            slug = model_slug(model)
+            of_pair = summary[(summary["task"] == task) & (summary["model_slug"] == slug)].reset_index(drop=True)
+            pair_runs = runs[(runs["task"] == task) & (runs["model_slug"] == slug)]
+            folders = {
+                (name, seed): folder for (t, s, name, seed), folder in run_folders.items() if (t, s) == (task, slug)
+            }
+            for name, draw in task_model_drawers(task, model, of_pair, pair_runs, folders, baseline).items():
+                paths += save_figure(draw(), out_dir, f"{task}/{slug}/{name}")
+
+    for model in settings["models"]:
+        slug = model_slug(model)
+        of_model = flops[flops["model_slug"] == slug]
+        figure = (
+            plot_flops_breakdown(of_model, model)
+            if not of_model.empty
+            else placeholder_figure(
+                f"FLOPs breakdown: {model}",
+                f"{tables_dir / 'flops.csv'} has no rows for {model}: run `crisp flops` first.",
+            )
+        )
+        paths += save_figure(figure, out_dir, f"flops/{slug}")
     return paths

@@ -17,7 +17,7 @@ each is O(n d) or O(h n²) element-wise work, and FlopCounterMode does not count
 is the top-k selection itself (comparisons, not arithmetic), so as_executed is a lower bound.
 
 Views of a sparse configuration (pattern, sparsity) in which every query keeps
-k = keep_count(n, sparsity) keys:
+k = keep_count(n, sparsity) keys (topk, random, window and block_topk all keep that many):
 
 - as_executed: what our masked implementation does. Top-k must see every score to choose the
   kept ones, and the masked scores still go through the dense softmax and A V matmul, so nothing
@@ -30,6 +30,19 @@ k = keep_count(n, sparsity) keys:
   under which DistilBERT (d = 768, h = 12) at n = 512 and 80 % sparsity saves 20 %: 19.97 % without
   softmax, 20.26 % with our softmax count. The whole layer (ideal_sparse) saves about 8 % at
   n = 512 and about 2 % at n = 128, because the projections and the FFN dominate.
+
+Patterns with their own costs or without a set sparsity:
+
+- block_topk chooses key blocks from pooled scores: queries and keys are mean-pooled in blocks of
+  `block_size` tokens (2 n d) and every query block scores every key block, 2 B² d with
+  B = ceil(n / block_size). No gradient flows through the choice, so training counts it once. It
+  is the `block_scores` component, in every view including as_executed, since it is work done on
+  top of the dense scores. A query block keeps whole key blocks, so it may keep up to
+  block_size - 1 keys more than k; the ideal views count k, as for topk.
+- sparsemax and entmax15 are adaptive: how many keys a row keeps is known only after the scores.
+  as_executed is the dense count (their normaliser sorts the row, which costs more than the
+  softmax counted here); ideal_sparse and paper_accounting are null, and the kept fraction each
+  run realises is in its metrics.json (diagnostics.kept_fraction).
 
 Training = forward + backward. The backward of a matmul costs two matmuls of the same size (one
 gradient for each operand), so 2x its forward; this holds for the weight matmuls in full
@@ -44,15 +57,21 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 # The same rule as the attention patterns, so the account counts the keys training keeps.
 from crisp.attention import keep_count, sparsify
+from crisp.patterns import PATTERNS_INFO, SPARSITY_ADAPTIVE
+
+if TYPE_CHECKING:
+    import pandas
 
 # A numerically safe softmax per score: subtract the running row maximum (a compare and a
 # subtraction), exponentiate, add to the row sum, divide by it. Counting exp as 1 FLOP is a
@@ -72,7 +91,14 @@ COMPONENTS = (
     "ffn",
 )
 ATTENTION_SUBLAYER = tuple(c for c in COMPONENTS if c != "ffn")
+# Extra component of block_topk: pooled block scores, computed to choose the kept blocks.
+BLOCK_SCORES = "block_scores"
+DEFAULT_BLOCK_SIZE = PATTERNS_INFO["block_topk"].options["block_size"].default
 VIEWS = ("as_executed", "ideal_sparse", "paper_accounting")
+ADAPTIVE_NOTE = (
+    "adaptive pattern: the kept fraction is not set up front; as_executed is the dense count and the "
+    "realised kept fraction is in each run's metrics.json (diagnostics.kept_fraction)"
+)
 PASSES = ("forward", "training")
 ROW_COLUMNS = (
     "experiment",
@@ -102,7 +128,7 @@ class Architecture:
     # DistilBertConfig names first (dim, hidden_dim, ...), then BERT / RoBERTa / MiniLM names.
     # hidden_dim must be tried before intermediate_size and dim before hidden_size: DistilBERT's
     # "hidden_dim" is the FFN width, not the model width.
-    _CONFIG_NAMES = {
+    _CONFIG_NAMES: ClassVar[dict[str, tuple[str, str]]] = {
         "layers": ("n_layers", "num_hidden_layers"),
         "hidden": ("dim", "hidden_size"),
         "heads": ("n_heads", "num_attention_heads"),
@@ -110,7 +136,7 @@ class Architecture:
     }
 
     @classmethod
-    def from_config(cls, config) -> "Architecture":
+    def from_config(cls, config) -> Architecture:
         """Read the numbers from a transformers config (DistilBERT, BERT, RoBERTa, MiniLM)."""
         values = {}
         for field, names in cls._CONFIG_NAMES.items():
@@ -146,9 +172,7 @@ def layer_flops(arch: Architecture, seq_len: int, keys_per_query: int | None = N
         "output_projection": 2 * n * d * d,
         "ffn": 2 * 2 * n * d * arch.intermediate,
     }
-    training = {
-        component: flops * (1 + MATMUL_BACKWARD_PER_FORWARD) for component, flops in forward.items()
-    }
+    training = {component: flops * (1 + MATMUL_BACKWARD_PER_FORWARD) for component, flops in forward.items()}
     training["softmax"] = (SOFTMAX_FORWARD_FLOPS_PER_SCORE + SOFTMAX_BACKWARD_FLOPS_PER_SCORE) * scores
     return {"forward": forward, "training": training}
 
@@ -167,31 +191,60 @@ def _view_entry(components: dict, dense_components: dict) -> dict:
     }
 
 
-def layer_account(arch: Architecture, seq_len: int, pattern: str, sparsity: float) -> dict:
+def block_scores_flops(arch: Architecture, seq_len: int, block_size: int) -> int:
+    """Forward FLOPs of block_topk's choice: mean-pool queries and keys, score block pairs."""
+    blocks = math.ceil(seq_len / block_size)
+    return 2 * blocks * blocks * arch.hidden + 2 * seq_len * arch.hidden
+
+
+def is_adaptive(pattern: str, sparsity: float | None) -> bool:
+    """sparsemax / entmax15 (and a sparse pattern given no sparsity): kept keys not known up front."""
+    info = PATTERNS_INFO.get(pattern)
+    if info is not None:
+        return info.sparsity == SPARSITY_ADAPTIVE
+    return pattern != "dense" and sparsity is None
+
+
+def layer_account(arch: Architecture, seq_len: int, pattern: str, sparsity: float | None, options=None) -> dict:
     """Every view of one layer at one sequence length.
 
     Returns {"seq_len", "keys_per_query", "keep_fraction", "dense": {pass: {component: flops}},
-    "views": {view: {pass: {"components", "total", "dense_total", "reduction"}}}}.
+    "views": {view: {pass: {"components", "total", "dense_total", "reduction"}} or None}}.
+    Adaptive patterns (sparsity None) have keys_per_query, keep_fraction and the ideal views None.
     """
-    if not 0.0 <= sparsity < 1.0:
+    options = options or {}
+    adaptive = is_adaptive(pattern, sparsity)
+    if not adaptive and sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity} (pattern {pattern!r})")
-    # Every sparse pattern (topk, random, ...) keeps keep_count(n, sparsity) keys per query.
-    keys = seq_len if pattern == "dense" else keep_count(seq_len, sparsity)
     dense = layer_flops(arch, seq_len)
+    # Every sparse pattern with a set sparsity (topk, random, window, block_topk) keeps
+    # keep_count(n, sparsity) keys per query.
+    if pattern == "dense":
+        keys = seq_len
+    elif adaptive:
+        keys = None
+    else:
+        keys = keep_count(seq_len, sparsity)
     sparse = layer_flops(arch, seq_len, keys_per_query=keys)
+    extra = {"forward": {}, "training": {}}
+    if pattern == "block_topk":
+        block = block_scores_flops(arch, seq_len, int(options.get("block_size", DEFAULT_BLOCK_SIZE)))
+        extra = {"forward": {BLOCK_SCORES: block}, "training": {BLOCK_SCORES: block}}
     views = {"as_executed": {}, "ideal_sparse": {}, "paper_accounting": {}}
     for pass_name in PASSES:
-        dense_pass, sparse_pass = dense[pass_name], sparse[pass_name]
-        views["as_executed"][pass_name] = _view_entry(dict(dense_pass), dense_pass)
+        dense_pass, sparse_pass = dense[pass_name], {**sparse[pass_name], **extra[pass_name]}
+        views["as_executed"][pass_name] = _view_entry({**dense_pass, **extra[pass_name]}, dense_pass)
         views["ideal_sparse"][pass_name] = _view_entry(dict(sparse_pass), dense_pass)
         views["paper_accounting"][pass_name] = _view_entry(
-            {c: sparse_pass[c] for c in ATTENTION_SUBLAYER},
+            {c: sparse_pass[c] for c in sparse_pass if c != "ffn"},
             {c: dense_pass[c] for c in ATTENTION_SUBLAYER},
         )
+    if adaptive:
+        views["ideal_sparse"] = views["paper_accounting"] = None
     return {
         "seq_len": seq_len,
         "keys_per_query": keys,
-        "keep_fraction": keys / seq_len,
+        "keep_fraction": None if keys is None else keys / seq_len,
         "dense": dense,
         "views": views,
     }
@@ -212,6 +265,23 @@ def analytic_forward_matmul_flops(arch: Architecture, seq_len: int, num_labels: 
     per_layer = sum(forward.values()) - forward["softmax"]
     head = classification_head_flops(arch, num_labels)
     return {"per_layer": per_layer, "head": head, "total": arch.layers * per_layer + head}
+
+
+def training_flops_per_example(model_config_or_arch, seq_len: int, num_labels: int) -> int:
+    """Dense training FLOPs of one example of seq_len tokens: 3 x the analytic forward matmuls.
+
+    A matmul's backward costs two forwards (MATMUL_BACKWARD_PER_FORWARD), the assumption that
+    test_training_costs_three_forwards_of_matmuls checks against FlopCounterMode.
+    """
+    arch = _architecture(model_config_or_arch)
+    forward = analytic_forward_matmul_flops(arch, seq_len, num_labels)["total"]
+    return (1 + MATMUL_BACKWARD_PER_FORWARD) * forward
+
+
+def _architecture(model_config_or_arch) -> Architecture:
+    if isinstance(model_config_or_arch, Architecture):
+        return model_config_or_arch
+    return Architecture.from_config(model_config_or_arch)
 
 
 # --------------------------------------------------------------------------- measured counter
@@ -280,10 +350,15 @@ def _assumptions() -> dict:
         "softmax_forward_flops_per_score": SOFTMAX_FORWARD_FLOPS_PER_SCORE,
         "softmax_backward_flops_per_score": SOFTMAX_BACKWARD_FLOPS_PER_SCORE,
         "matmul_backward_per_forward": MATMUL_BACKWARD_PER_FORWARD,
-        "not_counted": "biases, layer norms, activations, dropout, residuals, score scaling, top-k selection, embeddings",
-        "as_executed": "top-k masking computes Q K^T, softmax and A V densely: no saving",
+        "not_counted": (
+            "biases, layer norms, activations, dropout, residuals, score scaling, top-k selection, embeddings"
+        ),
+        "as_executed": "masking computes Q K^T, softmax and A V densely: no saving (block_topk adds block_scores)",
         "ideal_sparse": "a kernel computing only the kept scores: qk_scores, softmax, attention_values x k/n",
         "paper_accounting": "ideal_sparse over the attention sub-layer only (FFN excluded)",
+        "block_scores": "block_topk: mean-pooled query blocks x key blocks, 2 B^2 d + pooling 2 n d, no backward",
+        "adaptive": ADAPTIVE_NOTE,
+        "apply": "the views describe a sparse forward; with apply 'train' evaluation runs dense",
         "training": "forward + backward",
     }
 
@@ -292,27 +367,26 @@ def profile_experiment(
     config_obj_or_arch,
     experiment_name: str,
     pattern: str,
-    sparsity: float,
+    sparsity: float | None,
     sequence_lengths,
     model_name: str = "",
     measured: dict | None = None,
+    options: dict | None = None,
 ) -> dict:
-    """The JSON-able FLOP report of one experiment (results/flops/<experiment>.json).
+    """The JSON-able FLOP report of one experiment (results/flops/<model>/<experiment>.json).
 
     Per sequence length: per-layer FLOPs of every view, pass and component next to the dense
     reference, and whole-model totals (encoder layers x per layer; embeddings and classifier head
-    are not part of the layer account). `measured`, from measure_forward_flops, adds a section
-    comparing the counter with the analytic matmul count at the measured length.
+    are not part of the layer account). Views that do not apply (the ideal views of an adaptive
+    pattern) are null, with the reason under "note". `measured`, from measure_forward_flops, adds a
+    section comparing the counter with the analytic matmul count at the measured length.
     """
-    if isinstance(config_obj_or_arch, Architecture):
-        arch = config_obj_or_arch
-    else:
-        arch = Architecture.from_config(config_obj_or_arch)
+    arch = _architecture(config_obj_or_arch)
     by_seq_len = []
     for seq_len in sequence_lengths:
-        account = layer_account(arch, int(seq_len), pattern, sparsity)
+        account = layer_account(arch, int(seq_len), pattern, sparsity, options)
         account["model_totals"] = {
-            view: {pass_name: arch.layers * entry["total"] for pass_name, entry in passes.items()}
+            view: None if passes is None else {name: arch.layers * entry["total"] for name, entry in passes.items()}
             for view, passes in account["views"].items()
         }
         account["model_totals"]["dense"] = {
@@ -324,6 +398,8 @@ def profile_experiment(
         "model": model_name,
         "pattern": pattern,
         "sparsity": sparsity,
+        "options": dict(options or {}),
+        "note": ADAPTIVE_NOTE if is_adaptive(pattern, sparsity) else None,
         "architecture": asdict(arch),
         "assumptions": _assumptions(),
         "by_seq_len": by_seq_len,
@@ -341,14 +417,19 @@ def profile_experiment(
 
 
 def flops_rows(report: dict) -> list[dict]:
-    """Long-format rows of results/tables/flops.csv, one per (seq_len, view, component, pass)."""
+    """Long-format rows of results/tables/flops.csv, one per (seq_len, view, component, pass).
+
+    Views that are null in the report (the ideal views of an adaptive pattern) give no rows.
+    """
     rows = []
     for account in report["by_seq_len"]:
         for view in VIEWS:
+            if account["views"][view] is None:
+                continue
             for pass_name in PASSES:
                 entry = account["views"][view][pass_name]
                 dense = account["dense"][pass_name]
-                named = [(c, flops, dense[c]) for c, flops in entry["components"].items()]
+                named = [(c, flops, dense.get(c, 0)) for c, flops in entry["components"].items()]
                 named.append(("total", entry["total"], entry["dense_total"]))
                 for component, flops, dense_flops in named:
                     rows.append(
@@ -368,7 +449,7 @@ def flops_rows(report: dict) -> list[dict]:
     return rows
 
 
-def flops_table(reports) -> "pandas.DataFrame":
+def flops_table(reports) -> pandas.DataFrame:
     import pandas
 
     rows = [row for report in reports for row in flops_rows(report)]
@@ -378,48 +459,57 @@ def flops_table(reports) -> "pandas.DataFrame":
 # --------------------------------------------------------------------------- entry point
 
 
-def _measurement_model(model_config, experiment: dict):
+def _measurement_model(model_config, attention: dict):
     """A random-init classification model that attends as the experiment trains (crisp.train)."""
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)  # weights do not change the count; a seed keeps the run reproducible
     model = AutoModelForSequenceClassification.from_config(copy.deepcopy(model_config)).eval()
-    return sparsify(model, pattern=experiment["pattern"], sparsity=experiment["sparsity"], **experiment.get("options", {}))
+    return sparsify(
+        model,
+        attention["pattern"],
+        attention.get("sparsity"),
+        apply=attention.get("apply", "train_and_eval"),
+        **(attention.get("options") or {}),
+    )
 
 
-def run_profile(
-    model_config,
-    experiment_name: str,
-    experiment: dict,
-    sequence_lengths,
-    out_path,
-    measure_seq_len: int | None = None,
-    model_name: str = "",
-) -> dict:
-    """Write results/flops/<experiment>.json for one experiment and return the report.
+def run_profile(settings: dict, out) -> dict:
+    """Write the FLOP report of one (model, experiment) to `out` and return it.
 
-    model_config is a transformers PretrainedConfig; experiment is {pattern, sparsity, options}
-    as in config.yaml. With measure_seq_len, a random-init model with the experiment's attention
-    is counted by FlopCounterMode at that length. model_name defaults to the config's name_or_path.
+    settings is crisp.settings.flops_settings: {"model": spec, "experiment": name, "attention":
+    {pattern, sparsity, options, apply, attention_dropout}, "profiling": {"sequence_lengths",
+    "measure_seq_len"}}. With measure_seq_len, a random-init model with the experiment's attention
+    is counted by FlopCounterMode at that length.
     """
-    for key in ("pattern", "sparsity"):
-        if key not in experiment:
-            raise ValueError(f"experiment {experiment_name!r} has no {key!r} key; got {sorted(experiment)}")
-    pattern, sparsity = experiment["pattern"], float(experiment["sparsity"])
+    from crisp.modeling import load_model_config
+
+    for key in ("model", "experiment", "attention", "profiling"):
+        if key not in settings:
+            raise ValueError(f"FLOP settings have no {key!r} key; got {sorted(settings)}")
+    attention, profiling = settings["attention"], settings["profiling"]
+    if "pattern" not in attention:
+        raise ValueError(f"experiment {settings['experiment']!r} has no 'pattern' key; got {sorted(attention)}")
+    pattern, sparsity = attention["pattern"], attention.get("sparsity")
+    sparsity = None if sparsity is None else float(sparsity)
+    model_config = load_model_config(settings["model"])
     measured = None
-    if measure_seq_len is not None:
-        model = _measurement_model(model_config, experiment)
-        measured = measure_forward_flops(model, measure_seq_len)
+    if profiling.get("measure_seq_len") is not None:
+        model = _measurement_model(model_config, attention)
+        measured = measure_forward_flops(model, int(profiling["measure_seq_len"]))
     report = profile_experiment(
         model_config,
-        experiment_name,
+        settings["experiment"],
         pattern,
         sparsity,
-        sequence_lengths,
-        model_name=model_name or getattr(model_config, "_name_or_path", "") or "",
+        profiling["sequence_lengths"],
+        model_name=settings["model"],
         measured=measured,
+        options=attention.get("options") or {},
     )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    report["apply"] = attention.get("apply")
+    report["attention_dropout"] = attention.get("attention_dropout")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     return report

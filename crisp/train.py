@@ -1,43 +1,76 @@
-"""Fine-tune one (experiment, seed) with the Hugging Face Trainer and write its run folder.
+"""Fine-tune one run (task, model, experiment, seed) with the Hugging Face Trainer and write its run folder.
 
-Where a run's accuracy comes from: `train_run` trains, then `_evaluate` predicts every validation
-example once and counts correct/total; metrics.json, predictions.csv and history.csv are written
-from that, never from a sampled or batched-and-dropped subset.
+`train_run` does four things, one function each:
 
-Resume: checkpoints live in their own folder (results/checkpoints/<experiment>/seed<seed>/), never
-among the run's outputs, because Snakemake deletes a job's outputs before rerunning it. A restarted
-run continues from the newest checkpoint whose configuration matches; SIGTERM (what SLURM sends
-before preemption) saves a checkpoint at the next step and stops.
+    build      load the prepared data, the tokenizer and the model; set the attention dropout and the
+               sparse attention of the experiment
+    fit        train with the Trainer, resuming from the newest usable checkpoint
+    evaluate   predict every validation example once (batched), with attention diagnostics recorded;
+               accuracy, the task's primary metric, NLL, ECE and Brier come from crisp.metrics
+    write      metrics.json, history.csv, predictions.csv, attention.json through crisp.runs
+
+Where a run's accuracy comes from: `evaluate` counts correct/total over every validation example,
+never over a sampled or batched-and-dropped subset; the Trainer's evaluations during training use
+the same crisp.metrics functions.
+
+Resume: checkpoints live in their own folder (results/checkpoints/...), never among the run's
+outputs, because Snakemake deletes a job's outputs before rerunning it. A restarted run continues
+from the newest checkpoint that belongs to the same settings and code and whose files are complete;
+a truncated or unreadable checkpoint is removed (the log says so) and an older one, or the start,
+is used. SIGTERM (what SLURM sends before preemption) is handled for the whole of `train_run`:
+during training it saves a checkpoint at the next step and stops (TrainingInterrupted, exit 143);
+once training has finished, the run completes its evaluation and writes instead.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from crisp.attention import sparsify
-from crisp.config import run_settings, tokenizer_spec
+from crisp.attention import attention_diagnostics, sparsify
 from crisp.data import collator, load_prepared, read_stats
+from crisp.devices import peak_flops_per_s
 from crisp.errors import ConfigError, TrainingInterrupted
+from crisp.flops import Architecture, analytic_forward_matmul_flops
+from crisp.layout import model_slug
+from crisp.metrics import classification_metrics, primary_metric
 from crisp.modeling import load_model, load_tokenizer
+from crisp.runs import write_run
 
 RUN_CONFIG_FILE = "crisp_run_config.json"
+# Two checkpoints, so that when the newest is found corrupted an older one is there to resume from.
+CHECKPOINTS_KEPT = 2
+# Columns the model takes; the prepared data also holds text (and text_pair) for display.
+MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+# Modules whose source decides what training computes: a checkpoint of other code is not resumed.
+CODE_MODULES = ("train", "attention", "patterns", "modeling", "data", "tasks", "metrics")
+# training keys that change where progress is reported, not what is computed
+LOGGING_KEYS = ("report_to",)
+# DataLoader worker processes on CUDA (on the CPU they would compete with training for the cores).
+CUDA_DATALOADER_WORKERS = 4
+# Backward of a matmul is two matmuls of its size, so training costs 3x the forward FLOPs.
+TRAINING_FLOPS_PER_FORWARD = 3
 
 
 @dataclass(frozen=True)
@@ -66,19 +99,28 @@ def choose_hardware(training: dict) -> Hardware:
     return Hardware(device, precision)
 
 
-class _StopOnSignal(TrainerCallback):
-    """Turn SIGTERM into 'save a checkpoint after this step, then stop'."""
+# ------------------------------------------------------------------------------------------ signals
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM during training: save a checkpoint after this step, then stop. Installed for the whole
+    run (`with StopOnSignal() as stop:`) and restored on the way out, however the run ends."""
 
     def __init__(self):
         self.received = False
+        self._previous = None
+
+    def __enter__(self) -> Self:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum, frame):
-        print("SIGTERM received: saving a checkpoint after the current step, then stopping", flush=True)
+        print("SIGTERM received: the run stops at the next training step after saving a checkpoint "
+              "(or, when training has finished, completes its evaluation and writes)", flush=True)
         self.received = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.received:
@@ -96,43 +138,104 @@ class _LogLastStep(TrainerCallback):
         return control
 
 
-def _code_digest() -> str:
-    """A hash of the modules that define what training computes."""
-    digest = hashlib.sha256()
-    for module in ("train", "attention", "modeling", "data"):
-        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:16]
+# ------------------------------------------------------------------------------------------ batches
 
 
-def _accuracy(eval_prediction) -> dict:
-    logits, labels = eval_prediction
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """The Trainer's length grouping (batches of similar length, in random order) with its randomness
+    drawn from `seed + epoch` rather than from torch's global generator.
+
+    Each epoch is a permutation of every example, different per epoch, the same in every run with the
+    seed, and the same again when a run resumes mid-epoch (the global generator's state there depends on
+    what ran before the interruption). Lengths are read from the Arrow column, not example by example.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
-def _prepare_checkpoint_dir(checkpoint_dir: Path, settings: dict) -> str | None:
-    """Return the checkpoint to resume from, discarding checkpoints of a different configuration."""
-    stamp = checkpoint_dir / RUN_CONFIG_FILE
-    if checkpoint_dir.exists():
-        previous = json.loads(stamp.read_text()) if stamp.exists() else None
-        if previous != settings:
-            print(f"Discarding checkpoints in {checkpoint_dir}: they belong to a different configuration", flush=True)
-            shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(settings, indent=2, sort_keys=True))
-    # A job killed while saving leaves a checkpoint without trainer_state.json (written last):
-    # drop it and fall back to an older complete one, or to the start.
-    while (last := get_last_checkpoint(str(checkpoint_dir))) and not (Path(last) / "trainer_state.json").exists():
-        print(f"Removing incomplete checkpoint {last}", flush=True)
-        shutil.rmtree(last)
-    if last:
-        print(f"Resuming from {last}", flush=True)
-    return last
+def token_lengths(dataset) -> np.ndarray:
+    """Tokens per example of a prepared split (its input_ids lists), without a Python loop."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.data.column("input_ids")).to_numpy(zero_copy_only=False)
 
 
-def _training_arguments(training: dict, hardware: Hardware, seed: int, n_train: int, checkpoint_dir: Path) -> TrainingArguments:
+class CrispTrainer(Trainer):
+    """The Trainer, with length-grouped batches that are reproducible across resumes."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=token_lengths(train_dataset).tolist(),
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    tokenizer: object
+    train: object  # datasets.Dataset, model columns only
+    validation: object
+    validation_display: object  # the validation split with its text columns
+    label_names: list[str]
+
+
+def build(settings: dict, data_dir: str | Path) -> Built:
+    """The prepared data, the tokenizer and the model of the run, its sparse attention applied."""
+    attention = settings["attention"]
+    data = load_prepared(data_dir)
+    label_names = read_stats(data_dir)["label_names"]
+    tokenizer = load_tokenizer(settings["tokenizer"])
+    set_seed(settings["seed"])  # the new classifier head is initialised from this seed
+    model = load_model(
+        settings["model"],
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        attention_dropout=attention["attention_dropout"],
+    )
+    sparsify(
+        model,
+        attention["pattern"],
+        attention["sparsity"],
+        apply=attention["apply"],
+        seed=settings["seed"],
+        **attention["options"],
+    )
+    columns = [column for column in MODEL_COLUMNS if column in data["train"].column_names]
+    return Built(
+        model=model,
+        tokenizer=tokenizer,
+        train=data["train"].select_columns(columns),
+        validation=data["validation"].select_columns(columns),
+        validation_display=data["validation"],
+        label_names=list(label_names),
+    )
+
+
+def training_arguments(
+    training: dict, hardware: Hardware, seed: int, n_train: int, checkpoint_dir: Path
+) -> TrainingArguments:
     steps_per_epoch = math.ceil(n_train / (training["batch_size"] * training["gradient_accumulation_steps"]))
     eval_steps = max(1, steps_per_epoch // training["evals_per_epoch"])
     save_steps = max(1, steps_per_epoch // training["checkpoints_per_epoch"])
+    cuda = hardware.device == "cuda"
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=training["batch_size"],
@@ -144,71 +247,275 @@ def _training_arguments(training: dict, hardware: Hardware, seed: int, n_train: 
         weight_decay=training["weight_decay"],
         max_grad_norm=training["max_grad_norm"],
         lr_scheduler_type=training["lr_scheduler"],
+        # Batches of similar length (less padding), reshuffled every epoch from the seed.
+        train_sampling_strategy="group_by_length" if training["group_by_length"] else "random",
+        torch_compile=training["compile"],
         eval_strategy="steps",
         eval_steps=eval_steps,
         logging_strategy="steps",
         logging_steps=eval_steps,
         save_strategy="steps",
         save_steps=save_steps,
-        save_total_limit=1,
+        save_total_limit=CHECKPOINTS_KEPT,
         seed=seed,
         data_seed=seed,
-        use_cpu=hardware.device == "cpu",
-        bf16=hardware.precision == "bf16",
+        use_cpu=not cuda,
+        bf16=hardware.precision == "bf16",  # autocast
         fp16=hardware.precision == "fp16",
-        report_to="none",
+        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,  # Ampere and newer
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=min(CUDA_DATALOADER_WORKERS, os.cpu_count() or 1) if cuda else 0,
+        report_to=training["report_to"],
         disable_tqdm=False,
-        dataloader_num_workers=0,
     )
 
 
-def _history(log_history: list[dict]) -> list[dict]:
-    """One row per evaluation point, with the training loss logged at the same step."""
-    train_loss = {entry["step"]: entry["loss"] for entry in log_history if "loss" in entry}
-    rows = []
-    for entry in log_history:
-        if "eval_loss" in entry:
-            rows.append(
-                {
-                    "step": entry["step"],
-                    "epoch": round(entry["epoch"], 4),
-                    "train_loss": train_loss.get(entry["step"], float("nan")),
-                    "validation_loss": entry["eval_loss"],
-                    "validation_accuracy": entry["eval_accuracy"],
-                }
-            )
-    return rows
+def make_trainer(built: Built, settings: dict, hardware: Hardware, checkpoint_dir: Path, callbacks=()) -> Trainer:
+    return CrispTrainer(
+        model=built.model,
+        args=training_arguments(settings["training"], hardware, settings["seed"], len(built.train), checkpoint_dir),
+        train_dataset=built.train,
+        eval_dataset=built.validation,
+        data_collator=collator(built.tokenizer),
+        compute_metrics=metrics_for(settings["dataset"]["metric"]),
+        callbacks=list(callbacks),
+    )
 
 
-def _evaluate(trainer: Trainer, validation) -> tuple[dict, list[dict]]:
-    output = trainer.predict(validation, metric_key_prefix="validation")
-    logits = torch.tensor(output.predictions, dtype=torch.float32)
-    probabilities = logits.softmax(dim=-1)
-    predicted = probabilities.argmax(dim=-1)
-    labels = torch.tensor(output.label_ids)
-    correct = int((predicted == labels).sum())
-    total = int(labels.numel())
-    summary = {
-        "accuracy": correct / total,
-        "correct": correct,
-        "total": total,
+def _probabilities(logits) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    exponentials = np.exp(logits)
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+def metrics_for(metric: str):
+    """The Trainer's compute_metrics: the same numbers as the final evaluation, from crisp.metrics."""
+
+    def compute(eval_prediction) -> dict:
+        logits, labels = eval_prediction
+        probabilities = _probabilities(logits)
+        labels = np.asarray(labels)
+        return {
+            **classification_metrics(labels, probabilities),
+            "primary": primary_metric(metric, labels, probabilities.argmax(axis=-1)),
+        }
+
+    return compute
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes a checkpoint unusable (a missing, truncated or unreadable file), or None.
+
+    Cheap checks that catch truncation without loading tensors: JSON parses; a safetensors file is
+    as long as its header says; a torch .pt/.pth file (a zip archive) has its central directory.
+    """
+    if not (checkpoint / "trainer_state.json").is_file():
+        return "trainer_state.json is missing (the save was interrupted)"
+    for path in sorted(checkpoint.iterdir()):
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                _check_safetensors(path)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path):
+                    pass
+        except (ValueError, OSError, zipfile.BadZipFile, struct.error, UnicodeDecodeError) as error:
+            return f"{path.name} is unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+def _check_safetensors(path: Path) -> None:
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    data_size = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    expected = 8 + header_size + data_size
+    if path.stat().st_size != expected:
+        raise ValueError(f"{path.stat().st_size} bytes, the header describes {expected}: truncated")
+
+
+def _checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Checkpoint folders, newest (highest step) first."""
+    steps = {}
+    for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[1]
+        if path.is_dir() and step.isdigit():
+            steps[path] = int(step)
+    return sorted(steps, key=steps.get, reverse=True)
+
+
+def prepare_checkpoint_dir(checkpoint_dir: Path, stamp: dict) -> str | None:
+    """Return the checkpoint to resume from, discarding checkpoints of other settings or code and
+    unusable ones (falling back to an older checkpoint, or to the start)."""
+    stamp_path = checkpoint_dir / RUN_CONFIG_FILE
+    if checkpoint_dir.exists():
+        try:
+            previous = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
+        if previous != stamp:
+            print(f"Discarding checkpoints in {checkpoint_dir}: they belong to a different configuration", flush=True)
+            shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps(stamp, indent=2, sort_keys=True))
+    for checkpoint in _checkpoints(checkpoint_dir):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            print(f"Resuming from {checkpoint}", flush=True)
+            return str(checkpoint)
+        print(f"Removing unusable checkpoint {checkpoint}: {problem}; falling back to an older one or the start",
+              flush=True)
+        shutil.rmtree(checkpoint)
+    return None
+
+
+def checkpoint_stamp(settings: dict) -> dict:
+    """What a checkpoint must have been made with to be resumed: the same settings (bar where training is
+    logged to, which changes no result) and the same training code."""
+    training = {key: value for key, value in settings["training"].items() if key not in LOGGING_KEYS}
+    return {**settings, "training": training, "code": _code_digest()}
+
+
+def _finished(checkpoint: str) -> bool:
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"] > 0
+
+
+def _global_step(checkpoint: str | None) -> int:
+    if checkpoint is None:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+
+
+@dataclass
+class Fit:
+    resumed_from_step: int
+    trained_steps: int  # on this attempt
+    seconds: float
+
+
+def fit(trainer: Trainer, resume_from: str | None, stop: StopOnSignal, checkpoint_dir: Path) -> Fit:
+    """Train to the end; raise TrainingInterrupted when SIGTERM stopped training early."""
+    start_step = _global_step(resume_from)
+    started = time.perf_counter()
+    if resume_from and _finished(resume_from):
+        # Training had ended before the run was stopped (during its evaluation or writes). Load the final
+        # weights and state instead of calling train(), which would take one more step past a
+        # fractional number of epochs.
+        print(f"Training finished in {resume_from}: loading it for the evaluation", flush=True)
+        trainer._load_from_checkpoint(resume_from)
+        trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    if stop.received and trainer.state.global_step < trainer.state.max_steps:
+        raise TrainingInterrupted(
+            f"stopped on SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}"
+        )
+    if stop.received:
+        print("SIGTERM arrived after training finished: completing the evaluation and writes", flush=True)
+    return Fit(start_step, trainer.state.global_step - start_step, seconds)
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(trainer: Trainer, built: Built, metric: str) -> tuple[dict, object, dict]:
+    """Every validation example once: (validation metrics, predictions frame, attention diagnostics)."""
+    import pandas as pd
+
+    with attention_diagnostics(trainer.model) as recorder:
+        output = trainer.predict(built.validation, metric_key_prefix="validation")
+    diagnostics = recorder.summary()
+    probabilities = _probabilities(output.predictions)
+    labels = np.asarray(output.label_ids)
+    predicted = probabilities.argmax(axis=-1)
+    computed = classification_metrics(labels, probabilities)
+    validation = {
+        "accuracy": computed["accuracy"],
+        "correct": int(computed["correct"]),
+        "total": int(computed["total"]),
         "loss": float(output.metrics["validation_loss"]),
+        "mcc": computed["mcc"],
+        "f1": computed["f1"],
+        "primary": primary_metric(metric, labels, predicted),
+        "nll": computed["nll"],
+        "ece": computed["ece"],
+        "brier": computed["brier"],
     }
-    rows = [
-        {"index": i, "label": int(labels[i]), "prediction": int(predicted[i]), "probability": round(float(probabilities[i, predicted[i]]), 6)}
-        for i in range(total)
-    ]
-    return summary, rows
+    validation = {key: value if isinstance(value, int) else float(value) for key, value in validation.items()}
+    predictions = pd.DataFrame(
+        {
+            "index": np.arange(len(labels)),
+            "label": labels.astype(int),
+            "prediction": predicted,
+            "probability": probabilities[np.arange(len(labels)), predicted].round(6),
+            **{f"prob_{k}": probabilities[:, k].round(6) for k in range(probabilities.shape[1])},
+        }
+    )
+    return validation, predictions, {key: [float(v) for v in values] for key, values in diagnostics.items()}
 
 
-def attention_example(model, tokenizer, text: str, device: str) -> dict:
-    """Head-averaged attention probabilities of every layer for one sentence, as the model runs it."""
+def attention_example(model, tokenizer, example: dict, device: str) -> dict:
+    """Head-averaged attention probabilities of every layer for one prepared example, as the model runs
+    it: truncated at the configured max_length, a sentence pair encoded as a pair."""
     model.eval()
-    encoded = tokenizer(text, return_tensors="pt", truncation=True).to(device)
+    inputs = {
+        key: torch.tensor([example[key]], device=device)
+        for key in ("input_ids", "attention_mask", "token_type_ids")
+        if key in example
+    }
     with torch.no_grad():
-        output = model(**encoded, output_attentions=True)
+        output = model(**inputs, output_attentions=True)
     layers = [layer[0].float().mean(dim=0).cpu().numpy().round(5).tolist() for layer in output.attentions]
-    return {"text": text, "tokens": tokenizer.convert_ids_to_tokens(encoded["input_ids"][0]), "layers": layers}
+    shown = {"text": example["text"]}
+    if example.get("text_pair") is not None:
+        shown["text_pair"] = example["text_pair"]
+    return {**shown, "tokens": tokenizer.convert_ids_to_tokens(example["input_ids"]), "layers": layers}
+
+
+# ------------------------------------------------------------------------------------------ cost
+
+
+def train_flops(model_config, train, num_labels: int, epochs: float) -> float:
+    """Analytic training FLOPs: 3 x forward matmul FLOPs of every example at its real (unpadded)
+    length, per epoch, times the epochs trained."""
+    lengths = token_lengths(train)
+    architecture = Architecture.from_config(model_config)
+    values, counts = np.unique(lengths, return_counts=True)
+    per_epoch = sum(
+        int(count) * analytic_forward_matmul_flops(architecture, int(length), num_labels)["total"]
+        for length, count in zip(values, counts)
+    )
+    return float(TRAINING_FLOPS_PER_FORWARD * per_epoch * epochs)
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: CUDA memory allocated by torch, or the CPU resident set size."""
+    if device == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+# ------------------------------------------------------------------------------------------ provenance
+
+
+def _code_digest() -> str:
+    """A hash of the modules that define what training computes."""
+    digest = hashlib.sha256()
+    for module in CODE_MODULES:
+        path = Path(__file__).parent / f"{module}.py"
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def software_versions() -> dict:
@@ -232,116 +539,170 @@ def git_commit() -> str | None:
     """The commit of the crisp source tree, with '-dirty' when it has uncommitted changes."""
     source = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=False
+        )
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=source, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+def _history(log_history: list[dict]) -> list[dict]:
+    """One row per evaluation point, with the training loss logged at the same step."""
+    train_loss = {entry["step"]: entry["loss"] for entry in log_history if "loss" in entry}
+    return [
+        {
+            "step": entry["step"],
+            "epoch": round(entry["epoch"], 4),
+            "train_loss": train_loss.get(entry["step"], float("nan")),
+            "validation_loss": entry["eval_loss"],
+            "validation_accuracy": entry["eval_accuracy"],
+            "validation_primary": entry["eval_primary"],
+        }
+        for entry in log_history
+        if "eval_loss" in entry
+    ]
 
 
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-def train_run(config: dict, experiment: str, seed: int, data_dir: str | Path, run_dir: str | Path, checkpoint_dir: str | Path) -> dict:
-    """Train one (experiment, seed) on the prepared data and write metrics.json, history.csv,
-    predictions.csv and attention.json into `run_dir`. Returns the metrics."""
-    if experiment not in config["experiments"]:
-        raise ConfigError(f"experiment {experiment!r} is not in the configuration's experiments ({', '.join(config['experiments'])})")
-    run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
-    training = config["training"]
-    attention = config["experiments"][experiment]
-    hardware = choose_hardware(training)
-    if hardware.device == "cpu":
-        torch.set_num_threads(training["threads"])
-
-    data = load_prepared(data_dir)
-    tokenizer = load_tokenizer(tokenizer_spec(config))
-    label_names = read_stats(data_dir)["label_names"]
-
-    set_seed(seed)  # the new classifier head is initialised from this seed
-    model = load_model(config["model"], num_labels=len(label_names), id2label=dict(enumerate(label_names)))
-    sparsify(model, pattern=attention["pattern"], sparsity=attention["sparsity"], **attention.get("options", {}))
-
-    settings = run_settings(config, experiment, seed)
-    # Checkpoints resume only the same settings run by the same training code.
-    resume_from = _prepare_checkpoint_dir(checkpoint_dir, {**settings, "code": _code_digest()})
-    stop_on_signal = _StopOnSignal()
-    trainer = Trainer(
-        model=model,
-        args=_training_arguments(training, hardware, seed, len(data["train"]), checkpoint_dir),
-        train_dataset=data["train"].select_columns(["input_ids", "attention_mask", "labels"]),
-        eval_dataset=data["validation"].select_columns(["input_ids", "attention_mask", "labels"]),
-        data_collator=collator(tokenizer),
-        compute_metrics=_accuracy,
-        callbacks=[stop_on_signal, _LogLastStep()],
-    )
-    start_step = int(json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]) if resume_from else 0
-    started = time.perf_counter()
+@contextlib.contextmanager
+def _tensorboard_dir(run_dir: Path, report_to):
+    """The Trainer's TensorBoard writer reads its folder from TENSORBOARD_LOGGING_DIR: <run_dir>/tensorboard."""
+    wanted = report_to in ("tensorboard", "all") or (isinstance(report_to, list) and "tensorboard" in report_to)
+    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if wanted:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        yield
     finally:
-        stop_on_signal.restore()
-    train_seconds = time.perf_counter() - started
-    if stop_on_signal.received:
-        raise TrainingInterrupted(f"stopped on SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}")
+        if wanted and previous is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        elif wanted:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = previous
 
-    validation_metrics, predictions = _evaluate(trainer, data["validation"].select_columns(["input_ids", "attention_mask", "labels"]))
-    history = _history(trainer.state.log_history)
-    logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    trained_steps = trainer.state.global_step - start_step
-    examples_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
 
-    metrics = {
-        "experiment": experiment,
-        "seed": seed,
+def run_identity(settings: dict) -> dict:
+    """Which run this is: task, model, experiment (its attention settings) and seed."""
+    attention = settings["attention"]
+    return {
+        "task": settings["task"],
+        "dataset": settings["dataset"]["name"],
+        "model": settings["model"],
+        "model_slug": model_slug(settings["model"]),
+        "experiment": settings["experiment"],
+        "seed": settings["seed"],
         "pattern": attention["pattern"],
         "sparsity": attention["sparsity"],
-        "model": config["model"],
-        "dataset": config["dataset"]["name"],
-        "validation": validation_metrics,
+        "apply": attention["apply"],
+        "attention_dropout": attention["attention_dropout"],
+        "metric": settings["dataset"]["metric"],
+    }
+
+
+def training_summary(trainer: Trainer, fitted: Fit, epochs: float) -> dict:
+    logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
         "train_loss": logged_losses[-1] if logged_losses else float("nan"),
         "train_loss_mean": float(np.mean(logged_losses)) if logged_losses else float("nan"),
-        "epochs": training["epochs"],
         "steps": trainer.state.global_step,
-        "resumed_from_step": start_step,
-        "wall_time_s": round(train_seconds, 3),
-        # Measured on this attempt's steps (the last partial batch counted as full); none when a
-        # restart found training already finished.
-        "train_examples_per_s": round(trained_steps * examples_per_step / train_seconds, 3) if trained_steps > 0 else None,
+        "epochs": epochs,
+        "resumed_from_step": fitted.resumed_from_step,
+    }
+
+
+def training_cost(trainer: Trainer, built: Built, epochs: float, fitted: Fit, hardware: Hardware) -> dict:
+    """Time, throughput, FLOP/s, peak memory and model-FLOPs utilisation of this attempt's training.
+
+    Measured on this attempt's steps (the last partial batch counted as full); the rates are null when a
+    restart found training already finished. mfu is null on the CPU, for fp32 training and for GPUs not
+    in crisp.devices.PEAK_FLOPS_PER_S.
+    """
+    flops = train_flops(built.model.config, built.train, len(built.label_names), epochs)
+    trained = fitted.trained_steps > 0
+    arguments = trainer.args
+    examples_per_step = arguments.train_batch_size * arguments.gradient_accumulation_steps * arguments.world_size
+    achieved = flops * fitted.trained_steps / trainer.state.max_steps / fitted.seconds if trained else None
+    examples_per_s = round(fitted.trained_steps * examples_per_step / fitted.seconds, 3) if trained else None
+    peak = peak_flops_per_s(torch.cuda.get_device_name(), hardware.precision) if hardware.device == "cuda" else None
+    return {
+        "wall_time_s": round(fitted.seconds, 3),
+        "train_examples_per_s": examples_per_s,
+        "train_flops": flops,
+        "achieved_flops_per_s": achieved,
+        "peak_memory_mb": peak_memory_mb(hardware.device),
+        "mfu": achieved / peak if achieved and peak else None,
+    }
+
+
+def provenance(settings: dict, hardware: Hardware) -> dict:
+    """Where and how the run was made, to reproduce or question it."""
+    return {
         "device": hardware.device,
+        "device_name": torch.cuda.get_device_name() if hardware.device == "cuda" else platform.processor() or None,
         "precision": hardware.precision,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "run_settings": settings,
-        "config": config,
+        "settings": settings,
         "versions": software_versions(),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
     }
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    example = attention_example(trainer.model, tokenizer, data["validation"][0]["text"], hardware.device)
-    _write_json(run_dir / "attention.json", {"experiment": experiment, "seed": seed, **example})
-    _write_csv(run_dir / "history.csv", history, ["step", "epoch", "train_loss", "validation_loss", "validation_accuracy"])
-    _write_csv(run_dir / "predictions.csv", predictions, ["index", "label", "prediction", "probability"])
-    _write_json(run_dir / "metrics.json", metrics)  # last: its presence means the run is complete
-    if not training["keep_checkpoints"]:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        try:
-            checkpoint_dir.parent.rmdir()  # <experiment>/ once its last seed is done
-        except OSError:
-            pass
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def train_run(
+    settings: dict,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    checkpoint_dir: str | Path,
+    *,
+    threads: int | None = None,
+    keep_checkpoints: bool = False,
+) -> dict:
+    """Train one run on the prepared data and write its run folder (crisp.runs). Returns the metrics.
+
+    settings: what crisp.settings.train_settings returns. threads: CPU threads for torch (None: torch's
+    default). keep_checkpoints: keep the resume checkpoints once the run folder is complete.
+    Raises TrainingInterrupted when SIGTERM stopped training (a checkpoint is saved: rerun to resume).
+    """
+    run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
+    training = settings["training"]
+    hardware = choose_hardware(training)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if hardware.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    with StopOnSignal() as stop:  # from building the model to removing the checkpoints
+        built = build(settings, data_dir)
+        # Checkpoints resume only the same settings run by the same training code.
+        resume_from = prepare_checkpoint_dir(checkpoint_dir, checkpoint_stamp(settings))
+        with _tensorboard_dir(run_dir, training["report_to"]):
+            trainer = make_trainer(built, settings, hardware, checkpoint_dir, callbacks=[stop, _LogLastStep()])
+            fitted = fit(trainer, resume_from, stop, checkpoint_dir)
+
+        validation, predictions, diagnostics = evaluate(trainer, built, settings["dataset"]["metric"])
+        example = attention_example(trainer.model, built.tokenizer, built.validation_display[0], hardware.device)
+        metrics = {
+            **run_identity(settings),
+            "validation": validation,
+            "diagnostics": diagnostics,
+            **training_summary(trainer, fitted, training["epochs"]),
+            **training_cost(trainer, built, training["epochs"], fitted, hardware),
+            **provenance(settings, hardware),
+        }
+        write_run(run_dir, metrics, _history(trainer.state.log_history), predictions, {
+            "experiment": settings["experiment"], "seed": settings["seed"], **example})
+        if not keep_checkpoints:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return metrics

@@ -1,4 +1,4 @@
-"""The `crisp` command line: help everywhere, the resolved configuration, errors for people."""
+"""The `crisp` command line: help everywhere, settings from JSON or a configuration, errors for people."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from crisp.cli import build_parser, main
+from crisp.config import load_config
+from crisp.settings import as_json, data_settings, flops_settings, train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["config", "prepare", "train", "profile", "tables", "figures"]
+SUBCOMMANDS = ["config", "data", "train", "flops", "tables", "figures", "bench"]
 
 
 @pytest.mark.parametrize("command", [[], *[[name] for name in SUBCOMMANDS]])
@@ -25,16 +27,54 @@ def test_every_subcommand_has_help(command, capsys):
 
 def test_console_script_and_module_both_run():
     for command in (["crisp", "--help"], [sys.executable, "-m", "crisp", "--help"]):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0 and "prepare" in result.stdout
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0 and "flops" in result.stdout
 
 
 def test_config_prints_the_resolved_configuration_with_overrides(capsys):
-    assert main(["config", "--config", str(ROOT / "config.yaml"), "--config", str(ROOT / "config/demo.yaml"), "--set", "training.epochs=1"]) == 0
+    args = [
+        "config",
+        "--config",
+        str(ROOT / "config.yaml"),
+        "--config",
+        str(ROOT / "config/demo.yaml"),
+        "--set",
+        "training.epochs=1",
+    ]
+    assert main(args) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["model"] == "bundled:minilm"
+    assert resolved["models"] == ["bundled:minilm"]
     assert resolved["training"]["epochs"] == 1
     assert resolved["training"]["max_grad_norm"] == 1.0  # schema default filled in
+
+
+def test_settings_are_exactly_what_a_stage_reads():
+    config = load_config([ROOT / "config.yaml", ROOT / ".test/config.yaml"])
+    train = train_settings(config, "pairs", "tiny:bert", "random_sweep_80", 1)
+    assert set(train) == {
+        "task",
+        "dataset",
+        "model",
+        "tokenizer",
+        "max_length",
+        "experiment",
+        "attention",
+        "seed",
+        "training",
+    }
+    assert train["tokenizer"] == "bundled:minilm" and train["dataset"]["text_pair_column"] is not None
+    # resources are not settings: changing them reruns nothing
+    assert not {"threads", "mem_mb", "runtime_min", "keep_checkpoints"} & set(train["training"])
+    assert "max_length" in data_settings(config, "pairs", "bundled:minilm")
+    assert set(flops_settings(config, "tiny:bert", "dense_baseline")) == {
+        "model",
+        "experiment",
+        "attention",
+        "profiling",
+    }
+    # --settings and --config give the same settings
+    other = load_config([ROOT / "config.yaml", ROOT / ".test/config.yaml"], ["training.threads=7"])
+    assert as_json(train_settings(other, "pairs", "tiny:bert", "random_sweep_80", 1)) == as_json(train)
 
 
 def test_bad_input_is_one_clear_line_and_a_failing_exit(tmp_path, capsys):
@@ -48,28 +88,57 @@ def test_bad_input_is_one_clear_line_and_a_failing_exit(tmp_path, capsys):
     broken = tmp_path / "dev.tsv"
     broken.write_text("sentence\tlabel\nfine\t1\nawful\t7\n")
     code = main(
-        ["prepare", "--config", str(ROOT / "config.yaml"), "--config", str(ROOT / ".test/config.yaml"),
-         "--set", "dataset.name=local",
-         "--set", f"dataset.train_file={train}", "--set", f"dataset.validation_file={broken}",
-         "--out", str(tmp_path / "data")]
-    )
+        ["data", "--config", str(ROOT / "config.yaml"), "--config", str(ROOT / ".test/config.yaml"),
+         "--set", f"tasks.mine={{name: local, train_file: {train}, validation_file: {broken}}}",
+         "--task", "mine", "--model", "tiny:bert", "--out", str(tmp_path / "data")]
+    )  # fmt: skip
     error = capsys.readouterr().err
     assert code == 1
     assert "dev.tsv" in error and "7" in error
     assert not (tmp_path / "data").exists()
 
 
-def test_unknown_experiment_is_named(tmp_path, capsys):
-    code = main(["profile", "--config", str(ROOT / "config.yaml"), "--experiment", "nope", "--out", str(tmp_path / "x.json")])
+def test_unknown_names_are_named(tmp_path, capsys):
+    code = main(
+        [
+            "flops",
+            "--config",
+            str(ROOT / "config.yaml"),
+            "--model",
+            "distilbert-base-uncased",
+            "--experiment",
+            "nope",
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
+    )
     assert code == 1
     assert "'nope'" in capsys.readouterr().err
+    code = main(
+        [
+            "flops",
+            "--config",
+            str(ROOT / "config.yaml"),
+            "--experiment",
+            "dense_baseline",
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
+    )
+    assert code == 1
+    assert "--model" in capsys.readouterr().err
+    code = main(["flops", "--settings", "{not json", "--out", str(tmp_path / "x.json")])
+    assert code == 1
+    assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_a_broken_run_folder_is_one_clear_line(tmp_path, capsys):
-    run = tmp_path / "runs" / "dense_baseline" / "seed0"
+    run = tmp_path / "runs" / "sst2" / "tiny-bert" / "dense_baseline" / "seed0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text('{"experiment": "dense_baseline"')  # cut short
-    code = main(["tables", "--runs", str(run), "--out", str(tmp_path / "tables")])
+    code = main(
+        ["tables", "--config", str(ROOT / "config.yaml"), "--runs", str(run), "--out", str(tmp_path / "tables")]
+    )
     error = capsys.readouterr().err
     assert code == 1
-    assert "metrics.json is not valid JSON" in error and "Traceback" not in error
+    assert "metrics.json" in error and "Traceback" not in error

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from crisp.devices import NoFreeDevice, claim_device
+from crisp.devices import NoFreeDevice, claim_device, peak_flops_per_s
 
 # fork: children start in milliseconds and need nothing pickled.
 context = multiprocessing.get_context("fork")
@@ -23,7 +23,9 @@ def hold_a_device(lock_dir, n_devices, claimed, release):
 
 def start_holders(lock_dir, n_devices, count):
     claimed, release = context.Queue(), context.Event()
-    holders = [context.Process(target=hold_a_device, args=(lock_dir, n_devices, claimed, release)) for _ in range(count)]
+    holders = [
+        context.Process(target=hold_a_device, args=(lock_dir, n_devices, claimed, release)) for _ in range(count)
+    ]
     for holder in holders:
         holder.start()
     return holders, [claimed.get(timeout=20) for _ in holders], release
@@ -66,9 +68,11 @@ def test_a_waiting_job_takes_the_gpu_released_by_another(tmp_path, caplog):
     # Release the pretend GPU from a timer while this process is already waiting for it.
     context.Process(target=set_later, args=(release, 0.5)).start()
 
-    with caplog.at_level(logging.WARNING, logger="crisp.devices"):
-        with claim_device(lock_dir=tmp_path, n_devices=1, timeout_s=20, poll_s=0.05) as claim:
-            assert claim.visible_devices == "0"
+    with (
+        caplog.at_level(logging.WARNING, logger="crisp.devices"),
+        claim_device(lock_dir=tmp_path, n_devices=1, timeout_s=20, poll_s=0.05) as claim,
+    ):
+        assert claim.visible_devices == "0"
     holders[0].join(timeout=20)
 
     assert "All 1 GPUs are claimed" in caplog.text
@@ -121,3 +125,21 @@ def test_counting_devices_leaves_this_process_free_to_choose(tmp_path):
         assert claim.device == ("cuda" if torch.cuda.is_available() else "cpu")
         if claim.device == "cuda":
             assert claim.visible_devices == "0" and torch.cuda.device_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989e12),
+        ("NVIDIA H100 PCIe", "bf16", 756e12),
+        ("NVIDIA H200", "bf16", 989e12),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+        ("NVIDIA L4", "bf16", 121e12),
+        ("NVIDIA L40S", "bf16", 362e12),
+        ("Tesla T4", "fp16", 65e12),
+        ("NVIDIA GeForce GTX 1080", "bf16", None),  # not in the table: no utilisation, never a guess
+        ("NVIDIA H100 80GB HBM3", "fp32", None),  # TF32 has another peak
+    ],
+)
+def test_peak_flops_come_from_the_table_of_known_gpus(name, precision, peak):
+    assert peak_flops_per_s(name, precision) == peak

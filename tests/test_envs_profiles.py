@@ -125,7 +125,16 @@ def dry_run(tmp_path: Path, *options: str) -> str:
         pytest.skip("the workflow (Snakefile, .test/config.yaml) does not exist yet")
     workdir = copy_repository(tmp_path / "repo")
     (workdir / "gpu.yaml").write_text("training: {device: auto}\n")
-    command = [sys.executable, "-m", "snakemake", "--dry-run", "--configfile", ".test/config.yaml", "gpu.yaml", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--dry-run",
+        "--configfile",
+        ".test/config.yaml",
+        "gpu.yaml",
+        *options,
+    ]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -143,15 +152,15 @@ def job_resources(output: str) -> dict[str, list[str]]:
     return jobs
 
 
-def test_slurm_profile_gives_finetune_a_gpu_and_an_early_warning(tmp_path):
+def test_slurm_profile_gives_train_a_gpu_and_an_early_warning(tmp_path):
     output = dry_run(tmp_path, "--workflow-profile", "profiles/slurm")
     jobs = job_resources(output)
 
     assert "Using workflow specific profile profiles/slurm" in output
     assert set(load_profile("slurm")["set-resources"]) <= set(jobs), "set-resources names a rule the workflow lacks"
-    for resources in jobs["finetune"]:
+    for resources in jobs["train"]:
         assert "gpu=1" in resources and "slurm_extra=--signal=TERM@120" in resources, resources
-    for rule in set(jobs) - {"finetune"}:
+    for rule in set(jobs) - {"train"}:
         assert all("gpu=1" not in resources for resources in jobs[rule]), rule
 
 

@@ -1,5 +1,6 @@
 """The FLOP account: the paper's figures, the three views, and agreement with FlopCounterMode."""
 
+import itertools
 import json
 
 import pandas
@@ -21,16 +22,26 @@ from crisp.flops import (
     measure_forward_flops,
     profile_experiment,
     run_profile,
+    training_flops_per_example,
 )
 
 DISTILBERT = Architecture(layers=6, hidden=768, heads=12, intermediate=3072)
 CONTRACT_COLUMNS = [
-    "experiment", "pattern", "sparsity", "seq_len", "view", "component", "pass", "dense_flops", "flops", "reduction",
+    "experiment",
+    "pattern",
+    "sparsity",
+    "seq_len",
+    "view",
+    "component",
+    "pass",
+    "dense_flops",
+    "flops",
+    "reduction",
 ]
 
 
 def tiny_config(family: str):
-    sizes = dict(vocab_size=128, max_position_embeddings=64)
+    sizes = {"vocab_size": 128, "max_position_embeddings": 64}
     if family == "distilbert":
         return DistilBertConfig(dim=64, hidden_dim=256, n_heads=4, n_layers=2, **sizes)
     if family == "bert":
@@ -89,7 +100,7 @@ def test_ideal_saving_grows_with_sparsity():
     for view in ("ideal_sparse", "paper_accounting"):
         savings = [reduction(512, view, sparsity=s) for s in sparsities]
         assert savings[0] == 0
-        assert all(later > earlier for earlier, later in zip(savings, savings[1:]))
+        assert all(later > earlier for earlier, later in itertools.pairwise(savings))
 
 
 def test_ideal_saving_touches_only_score_components():
@@ -181,17 +192,36 @@ def test_rows_follow_the_flops_table_contract():
     parts = table[table["component"] != "total"].groupby(["seq_len", "view", "pass"])["flops"].sum()
     totals = table[table["component"] == "total"].set_index(["seq_len", "view", "pass"])["flops"]
     pandas.testing.assert_series_equal(parts.sort_index(), totals.sort_index(), check_names=False)
-    paper = table.query("view == 'paper_accounting' and component == 'total' and seq_len == 512 and `pass` == 'forward'")
+    paper = table.query(
+        "view == 'paper_accounting' and component == 'total' and seq_len == 512 and `pass` == 'forward'"
+    )
     assert round(float(paper["reduction"].iloc[0]), 2) == 0.20
 
 
+def flops_settings(pattern="topk", sparsity=0.8, options=None, lengths=(16, 32), measure=32, model="tiny:distilbert"):
+    attention = {
+        "pattern": pattern,
+        "sparsity": sparsity,
+        "options": options or {},
+        "apply": "train_and_eval",
+        "attention_dropout": None,
+    }
+    return {
+        "model": model,
+        "experiment": "aggressive_sparse",
+        "attention": attention,
+        "profiling": {"sequence_lengths": list(lengths), "measure_seq_len": measure},
+    }
+
+
 def test_run_profile_writes_json_with_a_measured_section(tmp_path):
-    out_path = tmp_path / "flops" / "aggressive_sparse.json"
-    experiment = {"pattern": "topk", "sparsity": 0.8}
-    run_profile(tiny_config("distilbert"), "aggressive_sparse", experiment, [16, 32], out_path, measure_seq_len=32)
+    out_path = tmp_path / "flops" / "tiny-distilbert" / "aggressive_sparse.json"
+    run_profile(flops_settings(), out_path)
     report = json.loads(out_path.read_text())
     assert report["experiment"] == "aggressive_sparse"
-    assert report["architecture"] == {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 256}
+    assert report["model"] == "tiny:distilbert"
+    assert report["apply"] == "train_and_eval"
+    assert set(report["architecture"]) == {"layers", "hidden", "heads", "intermediate"}
     assert [entry["seq_len"] for entry in report["by_seq_len"]] == [16, 32]
     assert report["by_seq_len"][1]["keys_per_query"] == keep_count(32, 0.8)
     # Masked attention executes the dense count, whatever the implementation.
@@ -199,6 +229,72 @@ def test_run_profile_writes_json_with_a_measured_section(tmp_path):
     assert len(flops_rows(report)) == 2 * 2 * 20
 
 
-def test_run_profile_names_a_missing_experiment_key(tmp_path):
-    with pytest.raises(ValueError, match="sparsity"):
-        run_profile(tiny_config("bert"), "broken", {"pattern": "topk"}, [16], tmp_path / "x.json")
+def test_run_profile_names_a_missing_settings_key(tmp_path):
+    settings = flops_settings()
+    del settings["profiling"]
+    with pytest.raises(ValueError, match="profiling"):
+        run_profile(settings, tmp_path / "x.json")
+
+
+# --------------------------------------------------------------------------- other patterns
+
+
+@pytest.mark.parametrize("pattern", ["window", "block_topk", "random"])
+def test_fixed_count_patterns_keep_as_many_keys_as_topk(pattern):
+    for seq_len in (64, 512):
+        account = layer_account(DISTILBERT, seq_len, pattern, 0.8)
+        topk = layer_account(DISTILBERT, seq_len, "topk", 0.8)
+        assert account["keys_per_query"] == topk["keys_per_query"] == keep_count(seq_len, 0.8)
+        for component in ("qk_scores", "softmax", "attention_values"):
+            assert (
+                account["views"]["ideal_sparse"]["forward"]["components"][component]
+                == topk["views"]["ideal_sparse"]["forward"]["components"][component]
+            )
+
+
+def test_block_topk_pays_for_its_pooled_block_scores_in_every_view():
+    block_size = 32
+    account = layer_account(DISTILBERT, 512, "block_topk", 0.8, {"block_size": block_size})
+    topk = layer_account(DISTILBERT, 512, "topk", 0.8)
+    pooled = 2 * (512 // block_size) ** 2 * 768 + 2 * 512 * 768  # block pairs + mean pooling of Q and K
+    for view in ("as_executed", "ideal_sparse", "paper_accounting"):
+        for pass_name in ("forward", "training"):
+            entry = account["views"][view][pass_name]
+            assert entry["components"]["block_scores"] == pooled
+            assert entry["total"] == topk["views"][view][pass_name]["total"] + pooled
+    # Executed, the choice is extra work on top of the dense scores: negative saving.
+    assert account["views"]["as_executed"]["forward"]["reduction"] < 0
+    rows = flops_rows(profile_experiment(DISTILBERT, "blocks", "block_topk", 0.8, [512], options={"block_size": 32}))
+    block_rows = [row for row in rows if row["component"] == "block_scores"]
+    assert block_rows and all(row["flops"] == pooled and row["dense_flops"] == 0 for row in block_rows)
+
+
+@pytest.mark.parametrize("pattern", ["sparsemax", "entmax15"])
+def test_adaptive_patterns_report_dense_execution_and_no_ideal_view(pattern):
+    report = profile_experiment(DISTILBERT, pattern, pattern, None, [128, 512])
+    assert report["sparsity"] is None and "kept_fraction" in report["note"]
+    for account in report["by_seq_len"]:
+        assert account["keys_per_query"] is None and account["keep_fraction"] is None
+        assert account["views"]["ideal_sparse"] is None and account["views"]["paper_accounting"] is None
+        assert account["model_totals"]["ideal_sparse"] is None
+        assert account["views"]["as_executed"]["training"]["reduction"] == 0
+    rows = flops_rows(report)
+    assert {row["view"] for row in rows} == {"as_executed"}
+    assert len(rows) == 2 * 2 * 7
+    assert json.loads(json.dumps(report)) == report
+
+
+def test_topk_report_has_no_note():
+    assert profile_experiment(DISTILBERT, "aggressive_sparse", "topk", 0.8, [128])["note"] is None
+
+
+# --------------------------------------------------------------------------- training FLOPs per example
+
+
+def test_training_flops_per_example_is_three_forward_matmul_passes():
+    forward = analytic_forward_matmul_flops(DISTILBERT, 128, 2)["total"]
+    assert training_flops_per_example(DISTILBERT, 128, 2) == 3 * forward
+    assert training_flops_per_example(DistilBertConfig(), 128, 2) == 3 * forward
+    # About 2 x 3 x 67 M parameters per token at DistilBERT size, minus the embeddings.
+    per_token = training_flops_per_example(DISTILBERT, 128, 2) / 128
+    assert 6 * 40e6 < per_token < 6 * 60e6

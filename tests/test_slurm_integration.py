@@ -1,13 +1,13 @@
 """The smoke pipeline through a real single-node SLURM with profiles/slurm.
 
-Every job must be an sbatch job that SLURM ran to completion, finetune jobs must have been
+Every job must be an sbatch job that SLURM ran to completion, train jobs must have been
 given a GPU (the node's GPUs are stand-ins, so training itself runs on the CPU), and the
 pipeline's final outputs must exist.
 
 Needs root: it installs Debian's slurm-wlm when missing and starts slurmctld and slurmd
 (tests/slurm/cluster.py), then stops them. Skipped, with the reason, where that is not
 possible, except when the CI environment variable is set: there it fails instead, so that CI
-cannot pass without having run it. Takes a few minutes (11 jobs, each one a SLURM job
+cannot pass without having run it. Takes a few minutes (9 jobs, each one a SLURM job
 running its own Snakemake).
 
     sudo python -m pytest -m slurm -ra
@@ -25,14 +25,18 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slurm.cluster import SlurmUnavailable, job_record, start_cluster  # noqa: E402
-from workflow_helpers import copy_repository, job_stats  # noqa: E402
+from slurm.cluster import SlurmUnavailable, job_record, start_cluster
+from workflow_helpers import copy_repository, job_stats
 
 pytestmark = pytest.mark.slurm
 
-# On top of .test/config.yaml: one seed keeps the run short, and device "auto" makes finetune
-# ask for a GPU (the smoke configuration trains on the CPU and asks for none).
-SLURM_TEST_CONFIG = {"training": {"device": "auto"}, "seeds": [0]}
+# On top of .test/config.yaml: one task, one model and one seed keep the run short (every rule
+# still runs), and device "auto" makes train ask for a GPU (the smoke configuration trains on
+# the CPU and asks for none).
+SLURM_TEST_CONFIG = {"training": {"device": "auto"}, "seeds": [0], "models": ["tiny:bert"], "tasks": {"pairs": None}}
+# How SLURM versions spell one GPU per job in TresPerJob.
+ONE_GPU = ("gres:gpu:1", "gres/gpu:1")
+PIPELINE_TIMEOUT_S = 900
 # What a single node without an accounting database needs on top of the profile: job states
 # from squeue (sacct needs slurmdbd) and a first status check after 1 s instead of 40 s.
 SINGLE_NODE_OPTIONS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
@@ -69,7 +73,7 @@ def pipeline_run(slurm_cluster, tmp_path_factory):
         *SINGLE_NODE_OPTIONS,
     ]  # fmt: skip
     started = time.monotonic()
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S)
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     (workdir / "snakemake-slurm-test.log").write_text(output)
@@ -109,13 +113,13 @@ def test_every_job_ran_as_a_completed_slurm_job(pipeline_run):
     print(f"{len(jobs)} SLURM jobs in {seconds:.0f} s")
 
 
-def test_finetune_jobs_and_only_they_got_a_gpu(pipeline_run):
+def test_train_jobs_and_only_they_got_a_gpu(pipeline_run):
     _, output, _ = pipeline_run
 
     for rule, slurm_id in submissions(output):
         gpu_request = job_record(slurm_id).get("TresPerJob", "")
-        if rule == "finetune":
-            assert gpu_request == "gres:gpu:1", f"finetune job {slurm_id} asked for {gpu_request!r}"
+        if rule == "train":
+            assert gpu_request in ONE_GPU, f"train job {slurm_id} asked for {gpu_request!r}"
         else:
             assert "gpu" not in gpu_request, f"{rule} job {slurm_id} asked for {gpu_request!r}"
 
@@ -124,15 +128,15 @@ def test_training_saw_the_gpu_slurm_gave_it_and_the_outputs_exist(pipeline_run):
     workdir, output, _ = pipeline_run
     results = workdir / "results" / "smoke"
 
-    metrics = [json.loads(path.read_text()) for path in sorted(results.glob("runs/*/seed0/metrics.json"))]
-    assert len(metrics) == planned_jobs(output)["finetune"]
+    metrics = [json.loads(path.read_text()) for path in sorted(results.glob("runs/*/*/*/seed0/metrics.json"))]
+    assert len(metrics) == planned_jobs(output)["train"]
     for run in metrics:
         # SLURM set CUDA_VISIBLE_DEVICES; crisp kept it, and trained on the CPU the stand-in
         # GPU really is.
         assert run["cuda_visible_devices"] in ("0", "1"), run["cuda_visible_devices"]
         assert run["device"] == "cpu"
     assert (results / "tables" / "summary.csv").stat().st_size > 0
-    figures = list((results / "figures").glob("*.png"))
+    figures = list((results / "figures").rglob("*.png"))
     assert figures and all(figure.stat().st_size > 0 for figure in figures)
     # The SLURM logs are where the profile puts them, one per job.
     assert len(list((workdir / "logs" / "slurm").rglob("*.log"))) == len(submissions(output))

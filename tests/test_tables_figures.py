@@ -1,4 +1,9 @@
-"""Tables and figures from fake but well-formed run folders and FLOPs rows."""
+"""Tables and figures from run folders written by crisp.runs and FLOPs reports written by crisp.flops.
+
+The fixture is a small matrix: 2 tasks (SST-2 with accuracy, CoLA with Matthews correlation) x 2 models
+x 3 experiments (dense baseline, top-k 80 %, adaptive sparsemax) x 2 seeds. Predictions nest: the first
+`correct` validation examples are predicted right, so every difference can be worked out by hand.
+"""
 
 import json
 
@@ -7,279 +12,442 @@ import pandas as pd
 import pytest
 
 from crisp import figures, tables
-from crisp.flops import ROW_COLUMNS
+from crisp.errors import RunFormatError
+from crisp.flops import Architecture, profile_experiment
+from crisp.layout import model_slug
+from crisp.metrics import primary_metric
+from crisp.runs import write_run
 
-EXPERIMENTS = {  # name -> (pattern, sparsity)
-    "dense_baseline": ("dense", 0.0),
-    "light_sparse": ("topk", 0.3),
-    "aggressive_sparse": ("topk", 0.8),
+TASKS = {"sst2": {"name": "glue/sst2", "metric": "accuracy"}, "cola": {"name": "glue/cola", "metric": "mcc"}}
+MODELS = ["distilbert-base-uncased", "tiny:bert"]
+EXPERIMENTS = {
+    "dense_baseline": {
+        "pattern": "dense",
+        "sparsity": 0.0,
+        "options": {},
+        "apply": "train_and_eval",
+        "attention_dropout": None,
+    },
+    "aggressive_sparse": {
+        "pattern": "topk",
+        "sparsity": 0.8,
+        "options": {},
+        "apply": "train_and_eval",
+        "attention_dropout": None,
+    },
+    "sparsemax": {
+        "pattern": "sparsemax",
+        "sparsity": None,
+        "options": {},
+        "apply": "train_and_eval",
+        "attention_dropout": None,
+    },
 }
-EXAMPLES = 100
+SEEDS = (0, 1)
+EXAMPLES = 60
+SETTINGS = {
+    "baseline": "dense_baseline",
+    "tasks": TASKS,
+    "models": MODELS,
+    "experiments": EXPERIMENTS,
+    "statistics": {"bootstrap_resamples": 200, "bootstrap_seed": 0, "confidence": 0.95, "power": 0.8},
+}
 
 
-def write_run(root, experiment, seed, correct, validation_loss=0.3, train_loss=0.2, with_artifacts=True):
-    """A run folder as crisp.train writes it; the first `correct` examples are predicted right."""
-    pattern, sparsity = EXPERIMENTS[experiment]
-    run_dir = root / "runs" / experiment / f"seed{seed}"
-    run_dir.mkdir(parents=True)
-    metrics = {
-        "experiment": experiment, "seed": seed, "model": "tiny:bert", "dataset": "synthetic", "pattern": pattern, "sparsity": sparsity,
-        "model": "tiny:distilbert", "dataset": "synthetic",
-        "validation": {"accuracy": correct / EXAMPLES, "correct": correct, "total": EXAMPLES, "loss": validation_loss},
-        "train_loss": train_loss, "train_loss_mean": train_loss + 0.2, "epochs": 3, "steps": 30,
-        "wall_time_s": 12.5, "train_examples_per_s": 40.0 + seed, "device": "cpu", "precision": "fp32",
-        "config": {}, "versions": {}, "git_commit": None,
+def correct_count(task, model, experiment, seed):
+    """Each (task, model) has its own baseline level, so a comparison across pairs would show.
+
+    Only top-k on SST-2 with DistilBERT gains clearly (+12 examples on both seeds); the rest move by 0-1.
+    """
+    base = {("sst2", MODELS[0]): 40, ("sst2", MODELS[1]): 30, ("cola", MODELS[0]): 45, ("cola", MODELS[1]): 35}
+    gain = {
+        "dense_baseline": 0,
+        "aggressive_sparse": 12 if (task, model) == ("sst2", MODELS[0]) else seed,
+        "sparsemax": 1,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    if with_artifacts:
-        labels = np.arange(EXAMPLES) % 2
-        predictions = np.where(np.arange(EXAMPLES) < correct, labels, 1 - labels)
-        pd.DataFrame({"index": range(EXAMPLES), "label": labels, "prediction": predictions, "probability": 0.7}).to_csv(
-            run_dir / "predictions.csv", index=False
-        )
-        steps = [10, 20, 30]
-        pd.DataFrame({
-            "step": steps, "epoch": [1, 2, 3],
-            "train_loss": [0.6, 0.35, train_loss],
-            "validation_loss": [0.5, 0.4, validation_loss],
-            "validation_accuracy": [0.7, 0.8, correct / EXAMPLES],
-        }).to_csv(run_dir / "history.csv", index=False)
-        tokens = ["[CLS]", "a", "gripping", "film", "[SEP]"]
-        layer = np.random.default_rng(seed).dirichlet(np.ones(len(tokens)), size=len(tokens)).tolist()
-        (run_dir / "attention.json").write_text(json.dumps(
-            {"experiment": experiment, "seed": seed, "text": "a gripping film", "tokens": tokens, "layers": [layer, layer]}
-        ))
+    return base[(task, model)] + 2 * seed + gain[experiment]
+
+
+def primary_of(task, model, experiment, seed):
+    labels = np.arange(EXAMPLES) % 2
+    correct = correct_count(task, model, experiment, seed)
+    return primary_metric(TASKS[task]["metric"], labels, np.where(np.arange(EXAMPLES) < correct, labels, 1 - labels))
+
+
+def make_run(root, task, model, experiment, seed):
+    spec = EXPERIMENTS[experiment]
+    correct = correct_count(task, model, experiment, seed)
+    labels = np.arange(EXAMPLES) % 2
+    predictions = np.where(np.arange(EXAMPLES) < correct, labels, 1 - labels)
+    confidence = np.where(np.arange(EXAMPLES) % 3 == 0, 0.95, 0.7)
+    probabilities = np.where(predictions[:, None] == np.arange(2), confidence[:, None], 1 - confidence[:, None])
+    metric = TASKS[task]["metric"]
+    validation_loss = 0.5 - 0.002 * correct
+    kept = {"dense": 1.0, "topk": 0.2, "sparsemax": 0.35}[spec["pattern"]]
+    metrics = {
+        "task": task,
+        "dataset": TASKS[task]["name"],
+        "model": model,
+        "model_slug": model_slug(model),
+        "experiment": experiment,
+        "seed": seed,
+        "pattern": spec["pattern"],
+        "sparsity": spec["sparsity"],
+        "apply": spec["apply"],
+        "attention_dropout": spec["attention_dropout"],
+        "metric": metric,
+        "validation": {
+            "accuracy": correct / EXAMPLES,
+            "correct": correct,
+            "total": EXAMPLES,
+            "loss": validation_loss,
+            "mcc": primary_metric("mcc", labels, predictions),
+            "f1": primary_metric("f1", labels, predictions),
+            "primary": primary_metric(metric, labels, predictions),
+            "nll": validation_loss,
+            "ece": 0.05,
+            "brier": 0.3,
+        },
+        "diagnostics": {
+            "attention_entropy": [1.5 * kept + 0.1 * layer for layer in range(2)],
+            "kept_fraction": [kept, kept],
+        },
+        "train_loss": 0.2,
+        "train_loss_mean": 0.4,
+        "steps": 30,
+        "epochs": 3,
+        "resumed_from_step": None,
+        "wall_time_s": 12.5,
+        "train_examples_per_s": 40.0 + seed,
+        "train_flops": 1e12,
+        "achieved_flops_per_s": 8e10,
+        "peak_memory_mb": 300.0,
+        "mfu": None,
+        "device": "cpu",
+        "precision": "fp32",
+        "settings": {},
+        "versions": {},
+        "git_commit": None,
+        "command": "crisp train",
+    }
+    history = [
+        {
+            "step": step,
+            "epoch": step / 10,
+            "train_loss": 0.6 - 0.01 * step,
+            "validation_loss": validation_loss + 0.1 / step,
+            "validation_accuracy": correct / EXAMPLES,
+            "validation_primary": metrics["validation"]["primary"],
+        }
+        for step in (10, 20, 30)
+    ]
+    frame = pd.DataFrame(
+        {
+            "index": range(EXAMPLES),
+            "label": labels,
+            "prediction": predictions,
+            "probability": confidence,
+            "prob_0": probabilities[:, 0],
+            "prob_1": probabilities[:, 1],
+        }
+    )
+    tokens = ["[CLS]", "a", "gripping", "film", "[SEP]"]
+    layer = np.random.default_rng(seed).dirichlet(np.ones(len(tokens)), size=len(tokens)).tolist()
+    attention = {
+        "experiment": experiment,
+        "seed": seed,
+        "text": "a gripping film",
+        "tokens": tokens,
+        "layers": [layer, layer],
+    }
+    run_dir = root / "runs" / task / model_slug(model) / experiment / f"seed{seed}"
+    write_run(run_dir, metrics, history, frame, attention)
     return run_dir
 
 
-def fake_flops_rows(experiment, d=768):
-    """Long FLOPs rows shaped like the contract (numbers follow the analytic per-layer model)."""
-    pattern, sparsity = EXPERIMENTS[experiment]
-    rows = []
-    for n in (64, 128, 256, 512):
-        dense = {
-            "qkv_projections": 6 * n * d * d, "qk_scores": 2 * n * n * d, "softmax": 5 * n * n * 12,
-            "attention_values": 2 * n * n * d, "output_projection": 2 * n * d * d, "ffn": 16 * n * d * d,
-        }
-        kept = 1 - sparsity
-        views = {
-            "as_executed": dict(dense),
-            "ideal_sparse": {**dense, "qk_scores": dense["qk_scores"] * kept, "attention_values": dense["attention_values"] * kept},
-        }
-        views["paper_accounting"] = {k: v for k, v in views["ideal_sparse"].items() if k != "ffn"}
-        for view, flops in views.items():
-            counted = {k: dense[k] for k in flops}
-            for component in [*flops, "total"]:
-                value = sum(flops.values()) if component == "total" else flops[component]
-                reference = sum(counted.values()) if component == "total" else counted[component]
-                for pass_name, factor in (("forward", 1), ("training", 3)):
-                    rows.append({
-                        "experiment": experiment, "pattern": pattern, "sparsity": sparsity, "seq_len": n,
-                        "view": view, "component": component, "pass": pass_name,
-                        "dense_flops": reference * factor, "flops": value * factor, "reduction": 1 - value / reference,
-                    })
-    return rows
+DISTILBERT = Architecture(layers=6, hidden=768, heads=12, intermediate=3072)
+TINY = Architecture(layers=2, hidden=32, heads=2, intermediate=64)
 
 
-@pytest.fixture
-def three_seed_runs(tmp_path):
-    """Baseline losses 0.30/0.32/0.34; sparse runs 4, 5, 6 examples better on seeds 0, 1, 2."""
-    run_dirs = []
-    for seed, (base, loss) in enumerate(zip([80, 82, 84], [0.30, 0.32, 0.34])):
-        run_dirs.append(write_run(tmp_path, "dense_baseline", seed, base, validation_loss=loss, train_loss=0.2))
-        run_dirs.append(write_run(tmp_path, "light_sparse", seed, base + 2, validation_loss=loss - 0.01))
-        run_dirs.append(write_run(tmp_path, "aggressive_sparse", seed, base + 4 + seed, validation_loss=loss - 0.02))
-    return run_dirs
-
-
-def test_runs_table_has_one_row_per_run_with_gap(three_seed_runs):
-    runs = tables.collect_runs(three_seed_runs)
-    assert len(runs) == 9
-    assert list(runs.columns) == tables.RUN_COLUMNS
-    assert runs["experiment"].drop_duplicates().tolist() == ["dense_baseline", "light_sparse", "aggressive_sparse"]
-    dense0 = runs[(runs["experiment"] == "dense_baseline") & (runs["seed"] == 0)].iloc[0]
-    assert dense0["validation_accuracy"] == 0.80 and dense0["correct"] == 80 and dense0["total"] == 100
-    assert dense0["loss_gap"] == pytest.approx(0.30 - 0.20)
-
-
-def test_summary_mean_and_sample_std(three_seed_runs):
-    summary = tables.summarize(tables.collect_runs(three_seed_runs)).set_index("experiment")
-    dense = summary.loc["dense_baseline"]
-    assert dense["n_seeds"] == 3
-    assert dense["validation_loss_mean"] == pytest.approx(0.32)
-    assert dense["validation_loss_std"] == pytest.approx(0.02)  # sample std of 0.30, 0.32, 0.34
-    assert dense["validation_accuracy_std"] == pytest.approx(0.02)  # 0.80, 0.82, 0.84
-    assert dense["examples_per_s_mean"] == pytest.approx(41.0)
-
-
-def test_single_seed_leaves_std_blank_not_zero(tmp_path):
-    runs = tables.collect_runs([write_run(tmp_path, "dense_baseline", 0, 90), write_run(tmp_path, "light_sparse", 0, 91)])
-    summary = tables.summarize(runs)
-    assert summary["validation_accuracy_std"].isna().all()
-    summary.to_csv(tmp_path / "summary.csv", index=False)
-    row = pd.read_csv(tmp_path / "summary.csv", dtype=str, keep_default_na=False).iloc[0]
-    assert row["validation_accuracy_std"] == ""
-    assert "±" not in tables.summary_display(summary)["Accuracy (%)"].iloc[0]
-
-
-def test_delta_and_exact_sign_flip_p_value(three_seed_runs):
-    summary = tables.summarize(tables.collect_runs(three_seed_runs)).set_index("experiment")
-    aggressive = summary.loc["aggressive_sparse"]
-    assert aggressive["delta_accuracy_mean"] == pytest.approx(0.05)  # mean of 0.04, 0.05, 0.06
-    # All three differences positive: only all-plus and all-minus of the 8 sign flips reach |sum|.
-    assert aggressive["paired_p_value"] == pytest.approx(0.25)
-    assert aggressive["paired_test"] == "exact sign-flip permutation, n=3"
-    assert pd.isna(summary.loc["dense_baseline", "paired_p_value"])
-
-
-def test_sign_flip_p_value_on_hand_examples():
-    p, _ = tables.sign_flip_test([1.0, 2.0, 4.0])  # |sum| 7 is reached only by all-plus and all-minus
-    assert p == pytest.approx(2 / 8)
-    p, _ = tables.sign_flip_test([3.0, 2.0, -1.0])  # |sum| 4; flip sums 6, 4, -4, -6 reach it
-    assert p == pytest.approx(4 / 8)
-    p, _ = tables.sign_flip_test([1.0, 1.0, -2.0])  # sum 0: every flip reaches it
-    assert p == 1.0
-
-
-def test_mcnemar_exact_hand_examples(three_seed_runs):
-    # 2 gained, 8 lost: 2 * (C(10,0) + C(10,1) + C(10,2)) / 2^10 = 2 * 56 / 1024
-    assert tables.mcnemar_exact_p_value(2, 8) == pytest.approx(0.109375)
-    assert tables.mcnemar_exact_p_value(8, 2) == pytest.approx(0.109375)
-    assert tables.mcnemar_exact_p_value(0, 0) == 1.0
-    assert tables.mcnemar_exact_p_value(5, 5) == 1.0
-
-    # The fake predictions nest (the first k examples right), so aggressive gains 4 + 5 + 6 and loses none.
-    predictions = {
-        (path.parent.name, int(path.name[4:])): path / "predictions.csv" for path in three_seed_runs
-    }
-    summary = tables.summarize(tables.collect_runs(three_seed_runs), predictions=predictions).set_index("experiment")
-    aggressive = summary.loc["aggressive_sparse"]
-    assert (aggressive["mcnemar_gained"], aggressive["mcnemar_lost"], aggressive["mcnemar_examples"]) == (15, 0, 300)
-    assert aggressive["mcnemar_p_value"] == pytest.approx(2 / 2**15)
-
-
-def test_mcnemar_refuses_predictions_of_different_examples(three_seed_runs, tmp_path):
-    shifted = tmp_path / "shifted.csv"
-    frame = pd.read_csv(three_seed_runs[0] / "predictions.csv")
-    frame.assign(index=frame["index"] + 1000).to_csv(shifted, index=False)
-    predictions = {("dense_baseline", 0): three_seed_runs[0] / "predictions.csv", ("light_sparse", 0): shifted}
-    with pytest.raises(ValueError, match="different validation examples"):
-        tables.summarize(tables.collect_runs(three_seed_runs), predictions=predictions)
-
-
-def test_missing_key_error_names_the_file(tmp_path):
-    run_dir = write_run(tmp_path, "dense_baseline", 0, 90, with_artifacts=False)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    del metrics["validation"]["loss"]
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    with pytest.raises(ValueError, match=r"seed0/metrics.json has no key 'validation.loss'"):
-        tables.collect_runs([run_dir])
-
-
-def test_accuracy_in_percent_is_refused(tmp_path):
-    run_dir = write_run(tmp_path, "dense_baseline", 0, 90, with_artifacts=False)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["validation"]["accuracy"] = 90.0
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    with pytest.raises(ValueError, match="disagrees with"):
-        tables.collect_runs([run_dir])
-
-
-def test_flops_reduction_table():
-    flops = pd.DataFrame(fake_flops_rows("dense_baseline") + fake_flops_rows("aggressive_sparse"))
-    reductions = tables.flops_reductions(flops).set_index(["experiment", "seq_len"])
-    assert reductions.loc[("dense_baseline", 512), "ideal_sparse"] == 0
-    assert reductions.loc[("aggressive_sparse", 512), "as_executed"] == 0
-    d, n = 768, 512
-    attention_sublayer = 8 * n * d * d + 4 * n * n * d + 60 * n * n
-    expected = 100 * 0.8 * 4 * n * n * d / attention_sublayer
-    assert reductions.loc[("aggressive_sparse", 512), "paper_accounting"] == pytest.approx(expected)
-    assert reductions.loc[("aggressive_sparse", 512), "ideal_sparse"] < expected  # the FFN dilutes the saving
-
-
-@pytest.fixture
-def written_tables(three_seed_runs, tmp_path, monkeypatch):
-    """write_tables with crisp.flops.flops_rows replaced by the contract-shaped fake."""
-    flops_files = []
-    for experiment in EXPERIMENTS:
-        path = tmp_path / "flops" / f"{experiment}.json"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"experiment": experiment}))
-        flops_files.append(path)
-    import crisp.flops
-
-    monkeypatch.setattr(crisp.flops, "flops_rows", lambda report: fake_flops_rows(report["experiment"]))
-    out_dir = tmp_path / "tables"
-    paths = tables.write_tables(three_seed_runs, flops_files, out_dir)
-    return out_dir, paths
-
-
-def test_write_tables_writes_every_file_naming_every_experiment(written_tables):
-    out_dir, paths = written_tables
-    assert sorted(path.name for path in paths.values()) == sorted(
-        ["runs.csv", "summary.csv", "summary.md", "summary.tex", "flops.csv", "flops.md"]
+def make_flops(root, model, experiment):
+    spec = EXPERIMENTS[experiment]
+    architecture = DISTILBERT if model == MODELS[0] else TINY
+    report = profile_experiment(
+        architecture, experiment, spec["pattern"], spec["sparsity"], [64, 512], model_name=model
     )
-    markdown = (out_dir / "summary.md").read_text()
-    latex = (out_dir / "summary.tex").read_text()
-    for experiment in EXPERIMENTS:
-        assert experiment in markdown
-        assert experiment.replace("_", r"\_") in latex
-        assert experiment in (out_dir / "flops.md").read_text()
-    assert "82.00 ± 2.00" in markdown  # dense accuracy in %, mean ± sample std
-    assert "+5.00" in markdown  # aggressive delta in points
-    assert "91.59" in markdown and "832" in markdown and "sign-flip" in markdown
+    path = root / "flops" / model_slug(model) / f"{experiment}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report))
+    return path
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """(run folders, FLOPs files, tables folder) of the whole matrix, tables written once."""
+    root = tmp_path_factory.mktemp("matrix")
+    run_dirs = [
+        make_run(root, task, model, experiment, seed)
+        for task in TASKS
+        for model in MODELS
+        for experiment in EXPERIMENTS
+        for seed in SEEDS
+    ]
+    flops_paths = [make_flops(root, model, experiment) for model in MODELS for experiment in EXPERIMENTS]
+    paths = tables.write_tables(run_dirs, flops_paths, root / "tables", SETTINGS)
+    return run_dirs, flops_paths, root / "tables", paths
+
+
+@pytest.fixture(scope="module")
+def summary(matrix):
+    return pd.read_csv(matrix[2] / "summary.csv")
+
+
+def test_write_tables_writes_every_table(matrix):
+    *_, tables_dir, paths = matrix
+    assert sorted(path.name for path in paths) == sorted(tables.TABLE_FILES)
+    assert all(path.parent == tables_dir and path.stat().st_size > 0 for path in paths)
+    assert len(pd.read_csv(tables_dir / "runs.csv")) == len(TASKS) * len(MODELS) * len(EXPERIMENTS) * len(SEEDS)
+
+
+def test_summary_has_one_row_per_task_model_experiment(summary):
+    assert list(summary.columns) == tables.SUMMARY_COLUMNS
+    keys = list(zip(summary["task"], summary["model"], summary["experiment"]))
+    assert sorted(keys) == sorted((t, m, e) for t in TASKS for m in MODELS for e in EXPERIMENTS)
+    assert (summary["n_seeds"] == 2).all()
+    assert dict(zip(summary["task"], summary["metric"])) == {"sst2": "accuracy", "cola": "mcc"}
+    # Within a (task, model) the baseline comes first and the adaptive pattern, with no sparsity set, last.
+    first = summary[(summary["task"] == "sst2") & (summary["model"] == MODELS[0])]
+    assert first["experiment"].tolist() == ["dense_baseline", "aggressive_sparse", "sparsemax"]
+    row = first.set_index("experiment").loc["aggressive_sparse"]
+    assert row["primary_mean"] == pytest.approx((52 + 54) / 2 / EXAMPLES)  # SST-2 primary = accuracy
+    assert row["kept_fraction_mean"] == pytest.approx(0.2) and row["ece_mean"] == pytest.approx(0.05)
+    assert row["loss_gap_mean"] == pytest.approx(row["validation_loss_mean"] - 0.2)
+
+
+def test_comparisons_stay_within_task_and_model(summary):
+    for row in summary.itertuples():
+        if row.experiment == "dense_baseline":
+            assert pd.isna(row.delta_primary_mean) and row.paired_test == "baseline"
+            continue
+        expected = np.mean(
+            [
+                primary_of(row.task, row.model, row.experiment, seed)
+                - primary_of(row.task, row.model, "dense_baseline", seed)
+                for seed in SEEDS
+            ]
+        )
+        assert row.delta_primary_mean == pytest.approx(expected)
+        # The interval holds the mean difference; resamples and seed come from the settings.
+        assert row.delta_primary_low <= row.delta_primary_mean <= row.delta_primary_high
+        assert (row.bootstrap_resamples, row.bootstrap_seed, row.confidence) == (200, 0, 0.95)
+        assert row.paired_seeds == 2 and row.mcnemar_seeds == 2 and row.mcnemar_examples == 2 * EXAMPLES
+        assert row.paired_test == "exact sign-flip permutation, n=2"
+        assert row.power == 0.8
+
+
+def test_mcnemar_counts_pool_examples_over_seeds(summary):
+    row = summary.set_index(["task", "model", "experiment"]).loc[("sst2", MODELS[0], "aggressive_sparse")]
+    # Nested predictions: 12 examples gained on each seed, none lost.
+    assert (row["mcnemar_gained"], row["mcnemar_lost"]) == (24, 0)
+    assert row["mcnemar_p_value"] == pytest.approx(2 / 2**24)
+    assert row["significant"]
+
+
+def test_minimum_detectable_difference_from_seed_spread(summary):
+    rows = summary.set_index(["task", "model", "experiment"])
+    # Identical differences on both seeds: no spread, so any true difference is detectable.
+    assert rows.loc[("sst2", MODELS[0], "aggressive_sparse"), "minimum_detectable_difference"] == pytest.approx(0)
+    assert rows.loc[("sst2", MODELS[1], "aggressive_sparse"), "minimum_detectable_difference"] > 0
+
+
+def test_note_says_which_differences_are_significant(matrix, summary):
+    markdown = (matrix[2] / "summary.md").read_text()
+    significant = summary[summary["significant"].fillna(False).astype(bool)]
+    assert list(zip(significant["task"], significant["model"], significant["experiment"])) == [
+        ("sst2", MODELS[0], "aggressive_sparse")
+    ]
+    assert "Significant differences to the baseline (95 % interval excludes 0), 1 of 8 comparisons" in markdown
+    assert "aggressive_sparse on sst2 / distilbert-base-uncased (accuracy higher by 20.00 pt" in markdown
+    assert "200 resamples, seed 0" in markdown and "15 equal-width confidence bins" in markdown
+    assert "80 % power" in markdown
+    assert "+20.00 [" in markdown  # the difference with its interval, in points
+    assert "Matthews correlation" in markdown
+
+
+def test_latex_summary_is_booktabs_and_escaped(matrix):
+    latex = (matrix[2] / "summary.tex").read_text()
     assert r"\toprule" in latex and r"\bottomrule" in latex and r"$\pm$" in latex
-    summary = pd.read_csv(out_dir / "summary.csv").set_index("experiment")
-    assert summary.loc["aggressive_sparse", "mcnemar_gained"] == 15  # predictions.csv found in the run folders
-    assert list(pd.read_csv(out_dir / "flops.csv").columns) == list(ROW_COLUMNS)
+    assert r"aggressive\_sparse" in latex and "±" not in latex and "Δ" not in latex
 
 
-def test_tables_read_the_json_of_crisp_flops(three_seed_runs, tmp_path):
-    from crisp.flops import Architecture, profile_experiment
-
-    distilbert = Architecture(layers=6, hidden=768, heads=12, intermediate=3072)
-    flops_files = []
-    for experiment, (pattern, sparsity) in EXPERIMENTS.items():
-        report = profile_experiment(distilbert, experiment, pattern, sparsity, [128, 512])
-        flops_files.append(tmp_path / f"{experiment}.json")
-        flops_files[-1].write_text(json.dumps(report))
-    tables.write_tables(three_seed_runs, flops_files, tmp_path / "tables", baseline="dense_baseline")
-    reductions = tables.flops_reductions(pd.read_csv(tmp_path / "tables" / "flops.csv")).set_index(["experiment", "seq_len"])
-    assert reductions.loc[("aggressive_sparse", 512), "as_executed"] == pytest.approx(0)
-    assert 0 < reductions.loc[("aggressive_sparse", 512), "ideal_sparse"] < reductions.loc[("aggressive_sparse", 512), "paper_accounting"]
+def test_paper_numbers_only_for_sst2_with_distilbert(matrix, tmp_path):
+    run_dirs, *_ = matrix
+    assert "91.59" in (matrix[2] / "summary.md").read_text()
+    elsewhere = [run for run in run_dirs if model_slug(MODELS[0]) not in str(run)]
+    tables.write_tables(elsewhere, [], tmp_path, SETTINGS)
+    assert "91.59" not in (tmp_path / "summary.md").read_text() and "832" not in (tmp_path / "summary.md").read_text()
+    assert figures.paper_points("glue/sst2", "distilbert-base-uncased", "accuracy") == tables.PAPER_REPORTED
+    assert figures.paper_points("glue/sst2", "tiny:bert", "accuracy") == ()
+    assert figures.paper_points("synthetic", "distilbert-base-uncased", "accuracy") == ()
+    assert figures.paper_points("glue/cola", "distilbert-base-uncased", "mcc") == ()
 
 
-def test_every_figure_is_written_as_png_and_pdf(written_tables, three_seed_runs, tmp_path):
-    out_dir, _ = written_tables
-    figure_dir = tmp_path / "figures"
-    paths = figures.write_figures(out_dir, three_seed_runs, figure_dir)
-    assert len(paths) == 2 * len(figures.FIGURES)
-    for name in figures.FIGURES:
-        png, pdf = figure_dir / f"{name}.png", figure_dir / f"{name}.pdf"
-        assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
-        assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 1_000
+def test_flops_tables_per_model_and_experiment(matrix):
+    *_, tables_dir, _ = matrix
+    flops = pd.read_csv(tables_dir / "flops.csv")
+    assert set(zip(flops["model_slug"], flops["experiment"])) == {
+        (model_slug(m), e) for m in MODELS for e in EXPERIMENTS
+    }
+    reductions = tables.flops_reductions(flops).set_index(["model", "experiment", "seq_len"])
+    topk = reductions.loc[(MODELS[0], "aggressive_sparse", 512)]
+    assert topk["as_executed"] == pytest.approx(0)
+    assert 0 < topk["ideal_sparse"] < topk["paper_accounting"] == pytest.approx(20.26, abs=0.01)
+    # An adaptive normaliser has no fixed kept count: only the as-executed view exists.
+    assert pd.isna(reductions.loc[(MODELS[0], "sparsemax", 512), "ideal_sparse"])
+    markdown = (tables_dir / "flops.md").read_text()
+    assert f"## {MODELS[0]}" in markdown and f"## {MODELS[1]}" in markdown and "measured" in markdown
 
 
-def test_attention_figure_pairs_dense_and_aggressive_else_lowest_and_highest(three_seed_runs):
-    runs = tables.collect_runs(three_seed_runs)
-    _, attentions = figures.read_run_artifacts(three_seed_runs)
-    chosen = figures.choose_attention_runs(attentions, runs)
-    assert [(a["experiment"], a["seed"]) for a in chosen] == [("dense_baseline", 0), ("aggressive_sparse", 0)]
+def test_corrupt_run_file_is_named(matrix, tmp_path):
+    run_dirs, flops_paths, *_ = matrix
+    broken = make_run(tmp_path, "sst2", MODELS[1], "dense_baseline", 0)
+    (broken / "metrics.json").write_text('{"task": "sst2", "valid')
+    with pytest.raises(RunFormatError, match=r"seed0/metrics\.json"):
+        tables.write_tables([broken, *run_dirs[1:]], flops_paths, tmp_path / "tables", SETTINGS)
 
-    # Without an experiment named aggressive_sparse: lowest vs highest sparsity, first seed available.
-    renamed = {(name.replace("aggressive", "heavy"), seed): value for (name, seed), value in attentions.items()}
-    del renamed[("heavy_sparse", 0)]
-    renamed_runs = runs.assign(experiment=runs["experiment"].str.replace("aggressive", "heavy"))
-    chosen = figures.choose_attention_runs(renamed, renamed_runs)
-    assert chosen == [renamed[("dense_baseline", 0)], renamed[("heavy_sparse", 1)]]
+    other = make_run(tmp_path / "other", "sst2", MODELS[1], "dense_baseline", 0)
+    predictions = pd.read_csv(other / "predictions.csv")
+    predictions.drop(columns="prediction").to_csv(other / "predictions.csv", index=False)
+    with pytest.raises(RunFormatError, match=r"seed0/predictions\.csv"):
+        tables.write_tables([other], [], tmp_path / "tables", SETTINGS)
 
 
-def test_figures_without_flops_or_artifacts_still_write_every_file(tmp_path):
-    run_dirs = [write_run(tmp_path, "dense_baseline", 0, 90, with_artifacts=False),
-                write_run(tmp_path, "light_sparse", 0, 91, with_artifacts=False)]
-    tables_dir = tmp_path / "tables"
-    tables.write_tables(run_dirs, [], tables_dir)
-    figures.write_figures(tables_dir, run_dirs, tmp_path / "figures")
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(
-        f"{name}.{extension}" for name in figures.FIGURES for extension in figures.FORMATS
+def test_corrupt_flops_file_is_named(matrix, tmp_path):
+    run_dirs, *_ = matrix
+    truncated = tmp_path / "flops" / "tiny-bert" / "dense_baseline.json"
+    truncated.parent.mkdir(parents=True)
+    truncated.write_text('{"experiment": "dense_baseline", "by_seq')
+    with pytest.raises(RunFormatError, match=r"tiny-bert/dense_baseline\.json"):
+        tables.write_tables(run_dirs, [truncated], tmp_path / "tables", SETTINGS)
+    truncated.write_text('{"experiment": "dense_baseline"}')
+    with pytest.raises(RunFormatError, match=r"tiny-bert/dense_baseline\.json: not a FLOPs report"):
+        tables.write_tables(run_dirs, [truncated], tmp_path / "tables", SETTINGS)
+
+
+def test_primary_metric_disagreeing_with_predictions_is_refused(tmp_path):
+    run_dir = make_run(tmp_path, "sst2", MODELS[1], "dense_baseline", 0)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["validation"]["primary"] += 0.1
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(RunFormatError, match="predictions.csv gives accuracy"):
+        tables.write_tables([run_dir], [], tmp_path / "tables", SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def drawn(matrix, tmp_path_factory):
+    """write_figures over the matrix at low resolution, recording every placeholder drawn."""
+    run_dirs, _, tables_dir, _ = matrix
+    out_dir = tmp_path_factory.mktemp("figures")
+    placeholders = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(figures, "DPI", 40)
+        original = figures.placeholder_figure
+        patch.setattr(
+            figures, "placeholder_figure", lambda title, message: placeholders.append(title) or original(title, message)
+        )
+        paths = figures.write_figures(tables_dir, run_dirs, out_dir, SETTINGS)
+    return out_dir, paths, placeholders
+
+
+def test_every_declared_figure_is_drawn_from_data(drawn):
+    out_dir, paths, placeholders = drawn
+    expected = figures.figure_paths(SETTINGS)
+    assert sorted(str(path.relative_to(out_dir)) for path in paths) == sorted(expected)
+    assert len(expected) == 2 * (1 + len(TASKS) * len(MODELS) * len(figures.FIGURES_PER_TASK_MODEL) + len(MODELS))
+    for name in expected:
+        header = (out_dir / name).read_bytes()[:4]
+        assert header == (b"\x89PNG" if name.endswith(".png") else b"%PDF")
+    assert "sst2/distilbert-base-uncased/reliability.png" in expected and "flops/tiny-bert.pdf" in expected
+    assert placeholders == []  # every figure had data to show
+
+
+def test_figures_with_nothing_to_show_draw_placeholders(matrix, tmp_path, monkeypatch):
+    run_dirs, *_ = matrix
+    # tiny:bert on SST-2 has only its baseline (nothing to compare); tiny:roberta has no runs and no FLOPs.
+    settings = {**SETTINGS, "tasks": {"sst2": TASKS["sst2"]}, "models": ["tiny:bert", "tiny:roberta"]}
+    baseline_only = [run for run in run_dirs if "sst2/tiny-bert/dense_baseline" in str(run)]
+    tables.write_tables(baseline_only, [], tmp_path / "tables", settings)
+    placeholders = []
+    original = figures.placeholder_figure
+    monkeypatch.setattr(
+        figures, "placeholder_figure", lambda title, message: placeholders.append(title) or original(title, message)
     )
+    monkeypatch.setattr(figures, "DPI", 40)
+    monkeypatch.setattr(figures, "FIGURE_FORMATS", ("png",))  # both formats are checked above
+    paths = figures.write_figures(tmp_path / "tables", baseline_only, tmp_path / "figures", settings)
+    assert sorted(str(path.relative_to(tmp_path / "figures")) for path in paths) == sorted(
+        figures.figure_paths(settings)
+    )
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths)
+    # No comparison at all; every tiny:roberta figure; both FLOPs pages. The baseline's own figures are drawn.
+    assert len(placeholders) == 1 + len(figures.FIGURES_PER_TASK_MODEL) + 2
+    assert placeholders[0] == "Sparsity effects"
+
+
+def test_controls_and_adaptive_patterns_are_placed_apart():
+    adaptive = pd.Series(
+        {"sparsity": np.nan, "kept_fraction_mean": 0.35, "apply": "train_and_eval", "attention_dropout": np.nan}
+    )
+    assert figures.effective_sparsity(adaptive) == pytest.approx(0.65)
+    assert not figures.is_control(adaptive)
+    dropout = pd.Series(
+        {"experiment": "attention_dropout", "sparsity": 0.0, "apply": "train_and_eval", "attention_dropout": 0.3}
+    )
+    train_only = pd.Series(
+        {"experiment": "topk_train_only", "sparsity": 0.8, "apply": "train", "attention_dropout": np.nan}
+    )
+    assert figures.is_control(dropout) and figures.is_control(train_only)
+    assert figures.control_label(dropout) == "attention_dropout (attention dropout 0.3)"
+    summary = pd.DataFrame(
+        [
+            {
+                "experiment": "dense_baseline",
+                "pattern": "dense",
+                "sparsity": 0.0,
+                "kept_fraction_mean": 1.0,
+                "apply": "train_and_eval",
+                "attention_dropout": np.nan,
+            },
+            {
+                "experiment": "topk_50",
+                "pattern": "topk",
+                "sparsity": 0.5,
+                "kept_fraction_mean": 0.5,
+                "apply": "train_and_eval",
+                "attention_dropout": np.nan,
+            },
+            {**train_only.to_dict(), "pattern": "topk", "kept_fraction_mean": 1.0},
+            {
+                "experiment": "sparsemax",
+                "pattern": "sparsemax",
+                "sparsity": np.nan,
+                "kept_fraction_mean": 0.3,
+                "apply": "train_and_eval",
+                "attention_dropout": np.nan,
+            },
+        ]
+    )
+    # The most sparse at evaluation is the adaptive one (70 % measured); the train-only control is never chosen.
+    assert figures.most_sparse(summary, "dense_baseline") == "sparsemax"
+    assert figures.most_sparse(summary, "dense_baseline", "topk") == "topk_50"
+
+
+def test_reliability_bins_are_equal_width():
+    predictions = pd.DataFrame(
+        {"probability": [0.5, 0.52, 0.99, 1.0, 0.7], "prediction": [1, 0, 1, 1, 0], "label": [1, 1, 1, 0, 0]}
+    )
+    table = figures.reliability_bins(predictions)
+    assert len(table) == figures.RELIABILITY_BINS == 15
+    assert table.loc[7, "examples"] == 2 and table.loc[7, "accuracy"] == 0.5  # (7/15, 8/15] holds 0.5 and 0.52
+    assert table.loc[14, "examples"] == 2 and table.loc[14, "confidence"] == pytest.approx(0.995)
+    assert table.loc[10, "accuracy"] == 1.0 and pd.isna(table.loc[0, "accuracy"])

@@ -12,7 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Generated or machine-local: not part of the workflow under test.
-NOT_COPIED = shutil.ignore_patterns(".git", "results", "logs", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache")
+NOT_COPIED = shutil.ignore_patterns(
+    ".git", "results", "logs", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache"
+)
 
 
 def copy_repository(destination: Path) -> Path:
@@ -21,7 +23,9 @@ def copy_repository(destination: Path) -> Path:
     return destination
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,
@@ -31,7 +35,10 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | Non
         env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 

@@ -48,8 +48,9 @@ PARTITION = "debug"
 GPU_STAND_INS = ("/dev/null", "/dev/zero")
 # Finished jobs stay visible to `squeue`/`scontrol` this long. Without an accounting
 # database the Snakemake SLURM plugin can only learn a job's fate from `squeue`, and
-# the tests inspect finished jobs with `scontrol show job`.
-MIN_JOB_AGE_S = 600
+# the tests inspect finished jobs with `scontrol show job` after the whole pipeline ran, which
+# may take up to the integration test's own timeout (900 s): keep them well beyond it.
+MIN_JOB_AGE_S = 1800
 
 
 class SlurmUnavailable(RuntimeError):

@@ -1,23 +1,23 @@
-rule prepare_data:
-    """Load, validate and tokenise the dataset once; every experiment and seed reuses it."""
+rule data:
+    """Load, check and tokenise one task's data once per tokenizer; every run reuses it."""
     input:
-        files=local_data_files(),
+        files=local_data_files,
         code=crisp_sources("data", "modeling"),
     output:
-        directory(DATA),
-    params:
-        dataset=config["dataset"],
-        tokenizer=tokenizer_spec(config),
-        max_length=config["max_length"],
+        directory(f"{R}/data/{{task}}/{{tokenizer}}"),
     log:
-        f"{R}/logs/prepare_data.log",
+        f"{R}/logs/data/{{task}}/{{tokenizer}}.log",
     benchmark:
-        f"{R}/benchmarks/prepare_data.tsv"
+        f"{R}/benchmarks/data/{{task}}/{{tokenizer}}.tsv"
     conda:
         "../../envs/crisp.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=lambda w: as_json(
+            data_settings(config, w.task, TOKENIZERS[w.tokenizer])
+        ),
     shell:
-        "python -m crisp prepare --config {CONFIG_FILE} --out {output} > {log} 2>&1"
+        "python -m crisp data --settings {params.settings:q} --out {output} > {log} 2>&1"

@@ -1,31 +1,47 @@
-rule finetune:
-    """Fine-tune one experiment with one seed. Resume checkpoints live outside the outputs
-    (<results>/checkpoints/<experiment>/seed<seed>/, crisp.config.checkpoint_dir), so Snakemake's
-    clean-up before a rerun does not delete them."""
+rule train:
+    """Fine-tune one (task, model, experiment, seed). Resume checkpoints live outside the outputs
+    (<results>/checkpoints/..., crisp.layout.checkpoint_dir), so Snakemake's clean-up before a
+    rerun does not delete them."""
     input:
-        data=DATA,
-        code=crisp_sources("train", "attention", "modeling", "data", "devices"),
+        data=lambda w: data_dir(R, w.task, tokenizer_of(MODELS[w.model])),
+        code=crisp_sources(
+            "train",
+            "runs",
+            "attention",
+            "patterns",
+            "modeling",
+            "data",
+            "metrics",
+            "devices",
+            "flops",
+        ),
     output:
-        [f"{R}/runs/{{experiment}}/seed{{seed}}/{file}" for file in RUN_FILES],
-    params:
-        settings=training_settings,
-        run_dir=lambda w: f"{R}/runs/{w.experiment}/seed{w.seed}",
+        [
+            f"{R}/runs/{{task}}/{{model}}/{{experiment}}/seed{{seed}}/{name}"
+            for name in RUN_FILES
+        ],
     log:
-        f"{R}/logs/finetune/{{experiment}}/seed{{seed}}.log",
+        f"{R}/logs/train/{{task}}/{{model}}/{{experiment}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/{{experiment}}/seed{{seed}}.tsv"
-    wildcard_constraints:
-        experiment="|".join(EXPERIMENTS),
-        seed=r"\d+",
+        f"{R}/benchmarks/train/{{task}}/{{model}}/{{experiment}}/seed{{seed}}.tsv"
     conda:
         "../../envs/crisp.yaml"
     threads: config["training"]["threads"]
     resources:
-        # A retry (e.g. after an out-of-memory kill or a time limit) asks for more; training
-        # resumes from its last checkpoint either way.
+        # A retry (after an out-of-memory kill or a time limit) asks for more; training resumes
+        # from its last checkpoint either way.
         mem_mb=lambda wildcards, attempt: config["training"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: config["training"]["runtime_min"] * attempt,
         gpu=0 if config["training"]["device"] == "cpu" else 1,
+    params:
+        settings=lambda w: as_json(
+            train_settings(config, w.task, MODELS[w.model], w.experiment, int(w.seed))
+        ),
+        run_dir=lambda w: run_dir(R, w.task, MODELS[w.model], w.experiment, w.seed),
+        checkpoints=lambda w: checkpoint_dir(
+            R, w.task, MODELS[w.model], w.experiment, w.seed
+        ),
+        keep="--keep-checkpoints" if config["training"]["keep_checkpoints"] else "",
     shell:
-        "python -m crisp train --config {CONFIG_FILE} --experiment {wildcards.experiment} --seed {wildcards.seed}"
-        " --data {input.data} --out {params.run_dir} > {log} 2>&1"
+        "python -m crisp train --settings {params.settings:q} --data {input.data} --out {params.run_dir}"
+        " --checkpoints {params.checkpoints} --threads {threads} {params.keep} > {log} 2>&1"
