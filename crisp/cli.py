@@ -3,7 +3,7 @@
     crisp config   print the resolved, validated configuration
     crisp data     tokenise one task's data once        -> results/data/<task>/<tokenizer>/
     crisp train    fine-tune one run                    -> results/runs/<task>/<model>/<experiment>/seed<seed>/
-    crisp flops    FLOP account of one model x experiment -> results/flops/<model>/<experiment>.json
+    crisp flops    FLOP account of one model            -> results/flops/<model>/<experiment>.json
     crisp tables   aggregate runs and FLOPs             -> results/tables/
     crisp figures  draw the figures                     -> results/figures/
     crisp bench    speed and memory, as ratios measured side by side
@@ -113,10 +113,23 @@ def cmd_train(args) -> None:
 
 
 def cmd_flops(args) -> None:
+    from pathlib import Path
+
     from crisp.flops import run_profile
 
-    run_profile(_settings(args, "flops", ("model", "experiment")), args.out)
-    print(f"Wrote {args.out}")
+    settings = _settings(args, "flops", ("model",))
+    for experiment, attention in settings["experiments"].items():
+        out = Path(args.out) / f"{experiment}.json"
+        run_profile(
+            {
+                "model": settings["model"],
+                "experiment": experiment,
+                "attention": attention,
+                "profiling": settings["profiling"],
+            },
+            out,
+        )
+        print(f"Wrote {out}")
 
 
 def cmd_tables(args) -> None:
@@ -175,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(run=cmd_train)
 
-    flops = commands.add_parser("flops", help="analytic and measured FLOPs of one model under one experiment")
-    _add_settings_arguments(flops, "model", "experiment")
-    flops.add_argument("--out", required=True, help="JSON file to write")
+    flops = commands.add_parser("flops", help="analytic and measured FLOPs of one model under every experiment")
+    _add_settings_arguments(flops, "model")
+    flops.add_argument("--out", required=True, help="folder for one <experiment>.json per experiment")
     flops.set_defaults(run=cmd_flops)
 
     tables = commands.add_parser("tables", help="runs.csv, summary.{csv,md,tex}, flops.{csv,md}")

@@ -57,12 +57,11 @@ HUB_PROBE_TIMEOUT_S = 3.0
 # Environment switches that forbid Hub access for models (crisp.data adds the datasets one).
 MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
-# "namespace/name" or "name", as the Hub allows them; anything else with a slash is a path.
 
 OFFLINE_MODEL_HINT = (
     "To run without the Hub, use one of:\n"
-    "  - a local copy of the model:      model: /path/to/dir   (a folder saved with save_pretrained)\n"
-    "  - the bundled pretrained MiniLM:  model: bundled:minilm\n"
+    "  - a local copy of the model:      models: [/path/to/dir]   (a folder saved with save_pretrained)\n"
+    "  - the bundled pretrained MiniLM:  models: [bundled:minilm]\n"
     "  - the offline demo:               snakemake --cores all --configfile config/demo.yaml\n"
     "or download the model once where the Hub is reachable; it is then read from the Hugging Face cache."
 )

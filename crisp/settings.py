@@ -59,14 +59,13 @@ def train_settings(config: dict, task: str, model: str, experiment: str, seed: i
     }
 
 
-def flops_settings(config: dict, model: str, experiment: str) -> dict:
-    """The flops stage: one model's FLOP account under one experiment's attention."""
+def flops_settings(config: dict, model: str) -> dict:
+    """The flops stage: one model's FLOP account under every experiment's attention (one job per
+    model: the account takes a second, loading the libraries takes longer)."""
     _require(config, "models", model)
-    _require(config, "experiments", experiment)
     return {
         "model": model,
-        "experiment": experiment,
-        "attention": copy.deepcopy(config["experiments"][experiment]),
+        "experiments": copy.deepcopy(config["experiments"]),
         "profiling": copy.deepcopy(config["profiling"]),
     }
 

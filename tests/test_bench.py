@@ -74,9 +74,11 @@ def check_complete(report, device):
     assert len(report["compile"]["cases"]) == 2
 
     finetune = report["finetune_throughput"]
-    for clock in ("examples_per_s", "train_call_examples_per_s"):
-        assert set(finetune[clock]) == {"padded_to_max_length", "grouped_dynamic"}
-        assert all(stats["median"] > 0 for stats in finetune[clock].values())
+    variants = {"padded_to_max_length", "grouped_dynamic"}
+    assert set(finetune["examples_per_s"]) == set(finetune["steps_timed"]) == variants
+    assert all(stats["median"] > 0 for stats in finetune["examples_per_s"].values())
+    grouped_steps = bench.grouping_batches(finetune["examples"], finetune["batch_size"])
+    assert finetune["steps_timed"]["grouped_dynamic"] == grouped_steps
     assert finetune["grouped_over_padded"]["median"] > 0 and isinstance(finetune["meets_goal"], bool)
 
 
@@ -177,6 +179,12 @@ def test_saved_tensor_bytes_counts_what_backward_keeps_beyond_the_inputs():
     # A view saved twice counts once: y is saved by both products.
     y = x.exp()
     assert bench.saved_tensor_bytes(lambda: (y * y).sum(), [x]) == 100 * 10 * 4
+
+
+def test_grouping_covers_as_many_batches_as_the_trainer_sorts_together():
+    assert bench.grouping_batches(67_349, 32) == 50  # SST-2: mega-batches of 50 batches
+    assert bench.grouping_batches(128, 32) == 1  # too few examples: no grouping at all
+    assert bench.grouping_batches(bench.FULL.finetune_examples, bench.FULL.finetune_batch) == 50
 
 
 def test_ratios_are_taken_within_each_round():

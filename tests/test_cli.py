@@ -66,12 +66,7 @@ def test_settings_are_exactly_what_a_stage_reads():
     # resources are not settings: changing them reruns nothing
     assert not {"threads", "mem_mb", "runtime_min", "keep_checkpoints"} & set(train["training"])
     assert "max_length" in data_settings(config, "pairs", "bundled:minilm")
-    assert set(flops_settings(config, "tiny:bert", "dense_baseline")) == {
-        "model",
-        "experiment",
-        "attention",
-        "profiling",
-    }
+    assert set(flops_settings(config, "tiny:bert")) == {"model", "experiments", "profiling"}
     # --settings and --config give the same settings
     other = load_config([ROOT / "config.yaml", ROOT / ".test/config.yaml"], ["training.threads=7"])
     assert as_json(train_settings(other, "pairs", "tiny:bert", "random_sweep_80", 1)) == as_json(train)
@@ -105,24 +100,20 @@ def test_unknown_names_are_named(tmp_path, capsys):
             "--config",
             str(ROOT / "config.yaml"),
             "--model",
-            "distilbert-base-uncased",
-            "--experiment",
-            "nope",
+            "bert-base-nope",
             "--out",
-            str(tmp_path / "x.json"),
+            str(tmp_path / "flops"),
         ]
     )
     assert code == 1
-    assert "'nope'" in capsys.readouterr().err
+    assert "'bert-base-nope'" in capsys.readouterr().err
     code = main(
         [
             "flops",
             "--config",
             str(ROOT / "config.yaml"),
-            "--experiment",
-            "dense_baseline",
             "--out",
-            str(tmp_path / "x.json"),
+            str(tmp_path / "flops"),
         ]
     )
     assert code == 1
