@@ -147,7 +147,7 @@ def test_an_uncached_hub_model_fails_fast_with_offline_advice(unreachable_hub, l
     assert "crisp-tests/model-that-is-not-cached" in message
     assert "cannot be reached" in message and UNREACHABLE_ENDPOINT in message
     assert "not in the local Hugging Face cache" in message
-    assert "model: bundled:minilm" in message and "model: /path/to/dir" in message
+    assert "models: [bundled:minilm]" in message and "models: [/path/to/dir]" in message
     assert "snakemake --cores all --configfile config/demo.yaml" in message
     assert isinstance(raised.value, RuntimeError)
 
