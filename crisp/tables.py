@@ -247,9 +247,13 @@ def compare_to_baseline(runs: pd.DataFrame, baseline_runs: pd.DataFrame, predict
             predictions[(task, model_slug, experiment, seed)],
             f"predictions of {task}/{model_slug}/{experiment} vs {baseline}, seed {seed}",
         )
-        if baseline_predictions and not np.array_equal(base.index, baseline_predictions[0].index):
+        if baseline_predictions and not (
+            np.array_equal(base.index, baseline_predictions[0].index)
+            and np.array_equal(base["label"].to_numpy(), baseline_predictions[0]["label"].to_numpy())
+        ):
             raise RunFormatError(
-                f"{task}/{model_slug}/{baseline}: seeds {seeds[0]} and {seed} predicted different examples."
+                f"{task}/{model_slug}/{baseline}: seeds {seeds[0]} and {seed} list different examples (or labels) "
+                "under the same index; every run must write predictions.csv in validation-set order."
             )
         baseline_predictions.append(base)
         experiment_predictions.append(other)

@@ -171,7 +171,16 @@ def token_lengths(dataset) -> np.ndarray:
 
 
 class CrispTrainer(Trainer):
-    """The Trainer, with length-grouped batches that are reproducible across resumes."""
+    """The Trainer, with length-grouped training batches that are reproducible across resumes, and
+    evaluation in dataset order."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        # In dataset order, always: the Trainer would group evaluation batches by length too, in an
+        # order that depends on the seed, and predictions.csv must list the same example in the same
+        # row for every run so that runs can be compared example by example.
+        if eval_dataset is None:
+            return None
+        return torch.utils.data.SequentialSampler(eval_dataset)
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset

@@ -119,6 +119,8 @@ def test_the_run_folder_follows_the_contract(reference, data):
 
     predictions = runs.read_predictions(run_dir)
     assert list(predictions.index) == list(range(128))
+    # row i is validation example i, in every run: runs are compared example by example
+    assert list(predictions["label"]) == load_prepared(data)["validation"]["labels"]
     probabilities = predictions[["prob_0", "prob_1"]].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=2e-6)
     assert (predictions["prediction"] == probabilities.argmax(axis=1)).all()
