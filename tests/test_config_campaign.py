@@ -11,12 +11,12 @@ The examples are derandomised, so the counts repeat with the same hypothesis ver
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 from pathlib import Path
 
 import pytest
 import yaml
+from campaign_helpers import report_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,12 +49,7 @@ def campaign_summary(request):
         f"config campaign: {COUNTS['tried']} cases tried, "
         f"{COUNTS['rejected']} rejected with one line naming the key or file"
     )
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None:
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            reporter.write_line("")
-            reporter.write_line(line)
+    report_line(request, line)
 
 
 def leaves(node, path=()):

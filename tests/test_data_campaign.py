@@ -16,7 +16,6 @@ derandomised, so the counts are the same on every run with the same hypothesis v
 
 import codecs
 import collections
-import contextlib
 import csv
 import io
 import json
@@ -26,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from campaign_helpers import report_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,12 +44,7 @@ def campaign_summary(request):
     yield
     line = (f"data campaign: {COUNTS['tried']} cases tried, {COUNTS['loaded']} loaded as written, "
             f"{COUNTS['rejected']} rejected with a DataError naming the file, 0 other exceptions")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None:
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            reporter.write_line("")
-            reporter.write_line(line)
+    report_line(request, line)
     if os.environ.get("CRISP_DATA_CAMPAIGN_SUMMARY"):
         Path(os.environ["CRISP_DATA_CAMPAIGN_SUMMARY"]).write_text(json.dumps(dict(COUNTS), indent=2) + "\n")
 
