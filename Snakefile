@@ -6,7 +6,7 @@
 #   snakemake --report results/report.html                  # HTML report with every figure
 #
 # DAG, for every task x model x experiment x seed:
-#   data (per task and tokenizer) -> train (per run) -> tables -> figures; flops per model x experiment.
+#   data (per task and tokenizer) -> train (per run) -> tables -> figures; flops per model.
 # Each rule is one `crisp` sub-command of the same name; the logic lives in the crisp package.
 
 import sys
