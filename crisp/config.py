@@ -154,13 +154,20 @@ def validate_config(config: dict) -> dict:
             for name, spec in config["experiments"].items()
             if not (isinstance(spec, dict) and "sweep" in spec)
         }
+    if isinstance(config.get("tasks"), dict):
+        from crisp.tasks import resolve_task
+
+        # Presets first: filled in by the schema, the defaults would hide a preset's values.
+        config["tasks"] = {
+            name: resolve_task(spec, where=f"tasks.{name}") if isinstance(spec, dict) else spec
+            for name, spec in config["tasks"].items()
+        }
     best = jsonschema.exceptions.best_match(_validator().iter_errors(config))
     if best is not None:
         raise _schema_error(best)
 
     from crisp.layout import model_spec_problem
     from crisp.patterns import ExperimentError, check_experiment
-    from crisp.tasks import resolve_task
 
     for index, model in enumerate(config["models"]):
         problem = model_spec_problem(model)
@@ -175,8 +182,6 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(
                 f"config key 'models.{index}': {model!r} and {other!r} would share the folder {model_slug(model)!r}"
             )
-    for task, spec in config["tasks"].items():
-        resolve_task(spec, where=f"tasks.{task}")  # presets and the rules a schema cannot state
 
     for sweep, spec in config["sweeps"].items():
         for sparsity in spec["sparsities"]:
@@ -226,12 +231,15 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (),
 
 
 def schema_defaults(section: str) -> dict:
-    """The schema's defaults for one top-level section (e.g. "dataset"), nested ones included.
+    """The schema's defaults for one top-level section (e.g. "training"), nested ones included; for a
+    map of named items (tasks), the defaults of one item.
 
     For library callers that pass a partial section; a validated configuration already has them.
     """
 
     def defaults(schema: dict) -> dict:
+        if "properties" not in schema and isinstance(schema.get("additionalProperties"), dict):
+            schema = schema["additionalProperties"]  # a map of names to items (tasks): the item's defaults
         result = {}
         for key, sub in schema.get("properties", {}).items():
             if sub.get("type") == "object" and "properties" in sub:

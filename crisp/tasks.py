@@ -41,37 +41,14 @@ GLUE_PRESETS: dict[str, dict] = {
              "label_names": ["not_entailment", "entailment"], "metric": "accuracy"},
 }
 
-# The defaults of every TASK SPEC key. The schema is the source of truth: `task_defaults` reads
-# them from its `tasks` item when the schema has one; this table stands in until it does, and
-# must say the same thing.
-_FALLBACK_DEFAULTS: dict = {
-    "train_file": None,
-    "validation_file": None,
-    "text_column": "sentence",
-    "text_pair_column": None,
-    "label_column": "label",
-    "label_names": None,
-    "train_split": "train",
-    "validation_split": "validation",
-    "metric": "accuracy",
-    "max_train_examples": None,
-    "max_validation_examples": None,
-    "seed": 0,
-    "synthetic": {"train_size": 2000, "validation_size": 400, "label_noise": 0.05, "pairs": False},
-}
-
-
 def task_defaults() -> dict:
-    """Every TASK SPEC key but `name`, with its default (from the schema when it describes tasks)."""
-    return merge(_FALLBACK_DEFAULTS, _schema_task_defaults())
+    """Every TASK SPEC key but `name`, with its default from the schema's `tasks` item."""
+    return copy.deepcopy(_schema_task_defaults())
 
 
 @functools.cache
 def _schema_task_defaults() -> dict:
-    try:
-        return schema_defaults("tasks")
-    except KeyError:  # a schema without a `tasks` section
-        return {}
+    return schema_defaults("tasks")
 
 
 def glue_task(name: str) -> str | None:

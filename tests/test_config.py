@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_paper_config_is_valid_and_gets_schema_defaults():
     config = load_config([ROOT / "config.yaml"])
     assert config["models"] == ["distilbert-base-uncased"]
-    assert config["tasks"] == {"sst2": {"name": "glue/sst2"}}
+    sst2 = config["tasks"]["sst2"]  # resolved: the GLUE preset, then the schema's defaults
+    assert (sst2["name"], sst2["text_column"], sst2["metric"]) == ("glue/sst2", "sentence", "accuracy")
+    assert sst2["label_names"] == ["negative", "positive"] and sst2["max_train_examples"] is None
     assert config["max_length"] == 128
     assert config["experiments"]["dense_baseline"] == {
         "pattern": "dense", "sparsity": 0.0, "options": {}, "apply": "train_and_eval", "attention_dropout": None
@@ -63,6 +65,14 @@ def test_neighbours_config_layers_structured_and_adaptive_patterns_and_a_sweep()
     assert {"window", "block_topk", "sparsemax", "entmax15"} <= patterns
     assert config["experiments"]["sparsemax"]["sparsity"] is None  # measured, not set
     assert config["experiments"]["topk_sweep_95"]["sparsity"] == 0.95
+
+
+def test_a_preset_wins_over_the_schema_defaults_and_a_users_key_over_the_preset():
+    overrides = ["tasks.cola={name: glue/cola}", "tasks.mrpc={name: glue/mrpc, metric: mcc}"]
+    config = load_config([ROOT / "config.yaml"], overrides)
+    assert config["tasks"]["cola"]["metric"] == "mcc"  # the preset, not the schema's default accuracy
+    assert config["tasks"]["mrpc"]["metric"] == "mcc" and config["tasks"]["mrpc"]["text_pair_column"] == "sentence2"
+    assert config["tasks"]["cola"]["synthetic"]["label_noise"] == 0.05  # a schema default
 
 
 def test_a_sweep_expands_into_named_experiments():
