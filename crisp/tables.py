@@ -27,7 +27,7 @@ import pandas as pd
 
 from crisp.errors import ConfigError, RunFormatError
 from crisp.metrics import CALIBRATION_BINS, metric_label, primary_metric
-from crisp.runs import collect_runs, read_metrics, read_predictions
+from crisp.runs import collect_runs, read_metrics, read_predictions, run_row
 from crisp.stats import mcnemar_exact_p_value, minimum_detectable_difference, paired_bootstrap, sign_flip_test
 
 # What arXiv 2508.06016 reports for DistilBERT on GLUE SST-2: (experiment, attention sparsity,
@@ -41,19 +41,11 @@ PAPER_DATASET = "glue/sst2"
 PAPER_MODEL = "distilbert-base-uncased"
 
 # summary metric -> how one run's value is read from its metrics.json (the format of crisp.runs).
-# Lists per layer are averaged over layers; a missing or null value is NaN (e.g. mfu off CUDA).
-RUN_VALUES = {
-    "accuracy": ("validation", "accuracy"),
-    "validation_loss": ("validation", "loss"),
-    "train_loss": ("train_loss",),
-    "nll": ("validation", "nll"),
-    "ece": ("validation", "ece"),
-    "brier": ("validation", "brier"),
-    "attention_entropy": ("diagnostics", "attention_entropy"),
-    "kept_fraction": ("diagnostics", "kept_fraction"),
-    "examples_per_s": ("train_examples_per_s",),
-    "achieved_flops_per_s": ("achieved_flops_per_s",),
-    "mfu": ("mfu",),
+# runs.csv columns (crisp.runs.run_row) under the names the summary gives them.
+RUN_ROW_NAMES = {
+    "validation_accuracy": "accuracy",
+    "attention_entropy_mean": "attention_entropy",
+    "kept_fraction_mean": "kept_fraction",
 }
 # "primary" is the task's primary metric, recomputed from predictions.csv with crisp.metrics.
 SUMMARY_METRICS = (
@@ -141,17 +133,6 @@ def paper_applies(dataset: str, model: str) -> bool:
 # ---------------------------------------------------------------- reading runs
 
 
-def run_value(metrics: dict, keys: tuple[str, ...]) -> float:
-    value = metrics
-    for key in keys:
-        if not isinstance(value, dict) or value.get(key) is None:
-            return np.nan
-        value = value[key]
-    if isinstance(value, list):
-        return float(np.mean(value)) if value else np.nan
-    return float(value)
-
-
 def load_runs(run_dirs: Iterable[str | Path], settings: dict) -> tuple[pd.DataFrame, dict]:
     """Per-run values for the summary, and each run's predictions by (task, model_slug, experiment, seed).
 
@@ -166,8 +147,8 @@ def load_runs(run_dirs: Iterable[str | Path], settings: dict) -> tuple[pd.DataFr
         metric = settings["tasks"].get(task, {}).get("metric", metrics["metric"])
         classes = sum(column.startswith("prob_") for column in frame.columns)
         primary = primary_metric(metric, frame["label"].to_numpy(), frame["prediction"].to_numpy(), classes)
-        recorded = run_value(metrics, ("validation", "primary"))
-        if not np.isnan(recorded) and abs(recorded - primary) > 1e-4:
+        recorded = (metrics.get("validation") or {}).get("primary")
+        if recorded is not None and abs(recorded - primary) > 1e-4:
             raise RunFormatError(
                 f"{run_dir / 'predictions.csv'} gives {metric} = {primary:.6f} but {run_dir / 'metrics.json'} records "
                 f"validation.primary = {recorded:.6f}: the files come from different runs. Rerun `crisp train` for it."
@@ -176,29 +157,21 @@ def load_runs(run_dirs: Iterable[str | Path], settings: dict) -> tuple[pd.DataFr
         if key in folders:
             raise RunFormatError(f"{folders[key]} and {run_dir} are the same run {key}; pass each run folder once.")
         folders[key] = run_dir
-        dataset = settings["tasks"].get(task, {}).get("name", metrics.get("dataset"))
-        row = {
-            "task": task,
-            "dataset": dataset,
-            "model": metrics["model"],
-            "model_slug": metrics["model_slug"],
-            "experiment": metrics["experiment"],
-            "seed": int(metrics["seed"]),
-            "pattern": metrics.get("pattern"),
-            "sparsity": metrics.get("sparsity"),
-            "apply": metrics.get("apply"),
-            "attention_dropout": metrics.get("attention_dropout"),
-            "metric": metric,
-            "primary": primary,
-            **{name: run_value(metrics, keys) for name, keys in RUN_VALUES.items()},
-        }
-        row["loss_gap"] = row["validation_loss"] - row["train_loss"]  # the generalisation gap
+        row = {RUN_ROW_NAMES.get(column, column): value for column, value in run_row(metrics).items()}
+        row.update(
+            dataset=settings["tasks"].get(task, {}).get("name", metrics.get("dataset")),
+            seed=int(metrics["seed"]),
+            metric=metric,
+            primary=primary,
+        )
         rows.append(row)
         predictions[key] = frame
     if not rows:
         raise RunFormatError("No runs given: pass at least one run folder that holds metrics.json.")
     runs = pd.DataFrame(rows)
-    runs["sparsity"] = pd.to_numeric(runs["sparsity"], errors="coerce")  # null for adaptive patterns
+    # null in metrics.json (sparsity of adaptive patterns, mfu off CUDA) is NaN here
+    for column in ("sparsity", *SUMMARY_METRICS):
+        runs[column] = pd.to_numeric(runs[column], errors="coerce")
     return runs, predictions
 
 
