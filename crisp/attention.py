@@ -246,10 +246,6 @@ def pattern_options(keep: Callable[..., torch.Tensor]) -> dict:
     return {parameter.name: parameter.default for parameter in parameters}
 
 
-def available_patterns() -> list[str]:
-    return sorted(PATTERNS)
-
-
 def keep_every_real_key(attention: AttentionScores) -> torch.Tensor:
     return attention.valid_keys
 
