@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -55,6 +54,7 @@ from entmax.activations import Entmax15Function, SparsemaxFunction
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
+from crisp import patterns
 from crisp.patterns import PATTERNS_INFO, SPARSITY_ADAPTIVE, SPARSITY_ZERO, check_experiment
 
 ATTENTION_NAME = "crisp"
@@ -67,28 +67,21 @@ RECORDER_ATTRIBUTE = "crisp_recorder"
 # How many keys a query keeps
 # ---------------------------------------------------------------------------------------------
 
-# (1 - 0.7) * 10 is 3.0000000000000004 in floating point; without this slack ceil() would keep 4.
-_ROUNDING_SLACK = 1e-9
-
-
 def keep_count(n_valid: int | torch.Tensor, sparsity: float) -> int | torch.Tensor:
     """Keys kept per query row: ceil((1 - sparsity) * n_valid), at least 1, at most n_valid.
 
-    `n_valid` is the number of real (non-padding) tokens of the sequence, as an int or as an
-    integer tensor of any shape (answered element-wise on its device, in float64 so that it rounds
-    exactly as the int case does, and without reading anything back to the host). Only a sequence
-    without any real token (n_valid = 0) keeps 0 keys. Used by the patterns and by the FLOP
-    accounting, so that both count the same keys.
+    `n_valid` is the number of real (non-padding) tokens of the sequence, as an int (answered by
+    `crisp.patterns.keep_count`) or as an integer tensor of any shape (answered element-wise on its
+    device, in float64 so that it rounds exactly as the int case does, and without reading anything
+    back to the host). Only a sequence without any real token (n_valid = 0) keeps 0 keys. Used by the
+    patterns and by the FLOP accounting, so that both count the same keys.
     """
+    if not isinstance(n_valid, torch.Tensor):
+        return patterns.keep_count(n_valid, sparsity)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1) (the fraction of keys to drop), got {sparsity!r}")
-    if isinstance(n_valid, torch.Tensor):
-        kept = torch.ceil((1.0 - sparsity) * n_valid.double() - _ROUNDING_SLACK).long()
-        return torch.minimum(kept.clamp(min=1), n_valid.long())
-    if n_valid <= 0:
-        return 0
-    kept = math.ceil((1.0 - sparsity) * n_valid - _ROUNDING_SLACK)
-    return min(max(kept, 1), n_valid)
+    kept = torch.ceil((1.0 - sparsity) * n_valid.double() - patterns.ROUNDING_SLACK).long()
+    return torch.minimum(kept.clamp(min=1), n_valid.long())
 
 
 def keep_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int) -> torch.Tensor:

@@ -67,8 +67,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 # The same rule as the attention patterns, so the account counts the keys training keeps.
-from crisp.attention import keep_count, sparsify
-from crisp.patterns import PATTERNS_INFO, SPARSITY_ADAPTIVE
+from crisp.attention import sparsify
+from crisp.patterns import PATTERNS_INFO, SPARSITY_ADAPTIVE, keep_count
 
 if TYPE_CHECKING:
     import pandas

@@ -25,6 +25,7 @@ An experiment spec (one entry of `experiments:` in the configuration) is a dict 
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -34,6 +35,25 @@ SPARSITY_ADAPTIVE = "adaptive"
 
 APPLY_CHOICES = ("train_and_eval", "train")
 EXPERIMENT_KEYS = ("pattern", "sparsity", "options", "apply", "attention_dropout")
+
+
+# (1 - 0.7) * 10 is 3.0000000000000004 in floating point; without this slack ceil() would keep 4.
+ROUNDING_SLACK = 1e-9
+
+
+def keep_count(n_valid: int, sparsity: float) -> int:
+    """Keys kept per query row of a sequence with `n_valid` real tokens: ceil((1 - sparsity) * n_valid),
+    at least 1, at most n_valid (0 only for a sequence without any real token).
+
+    The one rule behind every fixed-sparsity pattern and the FLOP accounting;
+    `crisp.attention.keep_count` answers it element-wise for tensors too.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1) (the fraction of keys to drop), got {sparsity!r}")
+    if n_valid <= 0:
+        return 0
+    kept = math.ceil((1.0 - sparsity) * n_valid - ROUNDING_SLACK)
+    return min(max(kept, 1), n_valid)
 
 
 @dataclass(frozen=True)
