@@ -63,15 +63,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-# The same rule as the attention patterns, so the account counts the keys training keeps.
-from crisp.attention import sparsify
+# keep_count is the rule the attention patterns follow, so the account counts the keys training
+# keeps. torch, transformers and crisp.attention are imported only where a real model is counted
+# (measure_forward_flops, _measurement_model): `crisp tables` reads FLOPs reports without them.
 from crisp.patterns import PATTERNS_INFO, SPARSITY_ADAPTIVE, keep_count
 
 if TYPE_CHECKING:
     import pandas
+    import torch
 
 # A numerically safe softmax per score: subtract the running row maximum (a compare and a
 # subtraction), exponentiate, add to the row sum, divide by it. Counting exp as 1 FLOP is a
@@ -294,9 +293,6 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * batch * heads * queries * keys * head_dim + 2 * batch * heads * queries * keys * value_dim
 
 
-# FlopCounterMode knows the CUDA SDPA kernels but counts the CPU flash kernel as 0 FLOPs.
-SDPA_CPU_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
-
 _ENCODER_LAYER_NAME = re.compile(r"\.layer\.(\d+)$")
 
 
@@ -304,14 +300,19 @@ def measure_forward_flops(model: torch.nn.Module, seq_len: int, batch_size: int 
     """Count the FLOPs of one forward pass of `model` with torch's FlopCounterMode.
 
     The input is seq_len real tokens (no padding) per sequence. Counts are per sequence. The
-    counter sees matmuls (including CPU SDPA, through SDPA_CPU_FLOP_FORMULAS) but not softmax,
+    counter sees matmuls (including CPU SDPA, through _sdpa_flops) but not softmax,
     layer norm or other element-wise work; compare with analytic_forward_matmul_flops.
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     config = model.config
     device = next(model.parameters()).device
     input_ids = (torch.arange(batch_size * seq_len, device=device) % config.vocab_size).view(batch_size, seq_len)
     attention_mask = torch.ones_like(input_ids)
-    counter = FlopCounterMode(display=False, custom_mapping=SDPA_CPU_FLOP_FORMULAS)
+    # FlopCounterMode knows the CUDA SDPA kernels but counts the CPU flash kernel as 0 FLOPs.
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_sdpa)
     with torch.no_grad(), counter:
         model(input_ids=input_ids, attention_mask=attention_mask)
 
@@ -461,7 +462,10 @@ def flops_table(reports) -> pandas.DataFrame:
 
 def _measurement_model(model_config, attention: dict):
     """A random-init classification model that attends as the experiment trains (crisp.train)."""
+    import torch
     from transformers import AutoModelForSequenceClassification
+
+    from crisp.attention import sparsify
 
     torch.manual_seed(0)  # weights do not change the count; a seed keeps the run reproducible
     model = AutoModelForSequenceClassification.from_config(copy.deepcopy(model_config)).eval()

@@ -12,7 +12,6 @@ Labels are class indices 0..K-1. A task with two classes is binary and its posit
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 METRICS = ("accuracy", "mcc", "f1")
 
@@ -54,6 +53,10 @@ def primary_metric(name: str, labels, predictions, num_classes: int | None = Non
 
     `num_classes` says whether the task is binary; by default it is read from the largest label seen.
     """
+    # Imported here (it takes most of a second) so that crisp.figures, which needs only
+    # metric_label, does not load scikit-learn.
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     check_metric(name)
     labels = np.asarray(labels)
     predictions = np.asarray(predictions)

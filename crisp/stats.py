@@ -16,7 +16,6 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from crisp.metrics import check_metric, class_count, primary_metric
 
@@ -191,6 +190,9 @@ def minimum_detectable_difference(differences: Iterable[float], alpha: float = 0
     closed form, which takes the sd as known; the exact noncentral-t power calculation asks for a
     slightly larger difference. NaN for fewer than two seeds (no spread to measure).
     """
+    # Imported here so that importing crisp.tables, as crisp.figures does, does not load scipy.
+    from scipy import stats as scipy_stats
+
     differences = np.asarray(list(differences), dtype=float)
     n = len(differences)
     if n < 2:

@@ -6,6 +6,8 @@ x 3 experiments (dense baseline, top-k 80 %, adaptive sparsemax) x 2 seeds. Pred
 """
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -451,3 +453,13 @@ def test_reliability_bins_are_equal_width():
     assert table.loc[7, "examples"] == 2 and table.loc[7, "accuracy"] == 0.5  # (7/15, 8/15] holds 0.5 and 0.52
     assert table.loc[14, "examples"] == 2 and table.loc[14, "confidence"] == pytest.approx(0.995)
     assert table.loc[10, "accuracy"] == 1.0 and pd.isna(table.loc[0, "accuracy"])
+
+
+def test_tables_figures_and_flops_reports_load_no_ml_library():
+    """The tables and figures jobs only read files; torch and transformers alone take seconds to load."""
+    code = (
+        "import sys, crisp.tables, crisp.flops, crisp.figures\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
