@@ -23,6 +23,11 @@ Padding keys are never kept, whatever the pattern, and counts follow each sequen
 not the padded length of the batch. Positions (window, random) assume right padding, which is
 what the tokenizers and collators of Crisp produce.
 
+`topk` and `random` hand back the positions of their keys (a `KeySelection`): only the k chosen
+scores of each row go through the softmax and the dropout, and are then scattered into the
+probability matrix for A V. The other patterns hand back a boolean mask; the scores outside it are
+set to -inf before a normaliser over the whole row.
+
 The function is plugged into transformers through its registries (no model code is patched):
 `AttentionInterface` gets the attention function under the name "crisp", and
 `AttentionMaskInterface` gets `sdpa_mask`, which hands the function a boolean padding mask
@@ -84,8 +89,29 @@ def keep_count(n_valid: int | torch.Tensor, sparsity: float) -> int | torch.Tens
     return torch.minimum(kept.clamp(min=1), n_valid.long())
 
 
-def keep_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int) -> torch.Tensor:
-    """Boolean mask keeping, in each row (last dimension) of `values`, exactly its `counts` largest.
+@dataclass(frozen=True)
+class KeySelection:
+    """The keys each query row keeps, by position: a row keeps the first `counts` of its `indices`.
+
+    indices: (batch, heads or 1, queries, k_max) int64 key positions, distinct within a row.
+    counts:  broadcastable to (batch, 1, queries, 1), at most k_max.
+    A pattern that keeps a set number of keys per row returns this rather than a boolean mask:
+    the attention then normalises and drops out only the k_max chosen scores of each row instead of
+    all of them, so choosing the keys is most of what sparsity costs.
+    """
+
+    indices: torch.Tensor
+    counts: torch.Tensor
+
+    def mask(self, keys: int) -> torch.Tensor:
+        """The boolean keep-mask (..., queries, keys) of this selection."""
+        within = torch.arange(self.indices.shape[-1], device=self.indices.device) < self.counts
+        keep = self.indices.new_zeros((*self.indices.shape[:-1], keys), dtype=torch.bool)
+        return keep.scatter_(-1, self.indices, within.expand_as(self.indices))
+
+
+def select_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int) -> KeySelection:
+    """In each row (last dimension) of `values`, exactly its `counts` largest entries.
 
     `counts` broadcasts against `values.shape[:-1] + (1,)`, so rows may keep different numbers;
     `k_max` is an upper bound on `counts` known on the host (from the padded length), so nothing is
@@ -93,10 +119,12 @@ def keep_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int) -> torch.
     several equal the count-th largest value, only as many as needed are kept.
     """
     k_max = min(max(k_max, 1), values.shape[-1])
-    indices = values.topk(k_max, dim=-1).indices
-    within_count = torch.arange(k_max, device=values.device) < counts
-    keep = torch.zeros_like(values, dtype=torch.bool)
-    return keep.scatter_(-1, indices, within_count.expand_as(indices))
+    return KeySelection(values.topk(k_max, dim=-1).indices, counts)
+
+
+def keep_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int) -> torch.Tensor:
+    """`select_top_k` as a boolean mask the shape of `values`."""
+    return select_top_k(values, counts, k_max).mask(values.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,8 +225,9 @@ def entmax15(scores: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RegisteredPattern:
-    """keep(AttentionScores, **options) -> boolean keep-mask broadcastable to the scores (it need
-    not exclude padding: the caller does); normalise(masked scores) -> float32 probabilities."""
+    """keep(AttentionScores, **options) -> a boolean keep-mask broadcastable to the scores (it need
+    not exclude padding: the caller does) or a KeySelection (which must not choose padding keys
+    beyond a row's count); normalise(masked scores) -> float32 probabilities."""
 
     keep: Callable[..., torch.Tensor]
     normalise: Callable[[torch.Tensor], torch.Tensor]
@@ -251,7 +280,7 @@ register_pattern("entmax15", normalise=entmax15)(keep_every_real_key)
 @register_pattern("topk")
 def topk_pattern(attention: AttentionScores) -> torch.Tensor:
     """Keep exactly keep_count(n_valid, sparsity) highest scores of each row."""
-    return keep_top_k(attention.scores, attention.keep_counts(), attention.max_keep_count())
+    return select_top_k(attention.scores, attention.keep_counts(), attention.max_keep_count())
 
 
 @register_pattern("random")
@@ -270,7 +299,7 @@ def random_pattern(attention: AttentionScores) -> torch.Tensor:
     else:
         noise = _position_hash(attention.settings.seed, attention.settings.layer_index, scores.shape, scores.device)
     noise = noise.masked_fill(~attention.valid_keys, -1)
-    return keep_top_k(noise, attention.keep_counts(), attention.max_keep_count())
+    return select_top_k(noise, attention.keep_counts(), attention.max_keep_count())
 
 
 _MASK32 = 0xFFFFFFFF
@@ -384,7 +413,8 @@ def crisp_attention(
     additive float mask. Returns the output (batch, tokens, heads, head_dim) and the attention
     probabilities (batch, heads, queries, keys) after dropout, as eager attention does; these are
     what `output_attentions=True` reports. Padded query positions attend to the real keys of their
-    sequence. A sequence with no real token at all attends densely to all its positions.
+    sequence. A sequence with no real token at all gets finite output all the same: with a mask
+    pattern it attends densely to all its positions, with a selection (topk, random) to one of them.
     """
     settings = getattr(module, SETTINGS_ATTRIBUTE, None)
     if settings is None:
@@ -409,12 +439,16 @@ def crisp_attention(
 
     pattern = settings.pattern if module.training or settings.apply == "train_and_eval" else "dense"
     registered = PATTERNS[pattern]
+    recorder = getattr(module, RECORDER_ATTRIBUTE, None)
     with torch.no_grad():
         if registered.keep is keep_every_real_key:
-            keep = valid_keys
+            chosen = valid_keys
         else:
+            pattern_scores = scores.detach()
+            if attention_mask is not None:
+                pattern_scores = pattern_scores.masked_fill(~valid_keys, float("-inf"))
             pattern_input = AttentionScores(
-                scores=scores.detach().masked_fill(~valid_keys, float("-inf")),
+                scores=pattern_scores,
                 query=query.detach(),
                 key=key.detach(),
                 scaling=scaling,
@@ -423,16 +457,28 @@ def crisp_attention(
                 settings=settings,
                 training=module.training,
             )
-            keep = registered.keep(pattern_input, **settings.options) & valid_keys
-        # A row keeps no key only if its sequence has no real token. Normalising nothing is NaN, so
-        # such rows attend densely to every position instead (their output is meaningless anyway).
-        keep = keep | ~keep.any(dim=-1, keepdim=True)
+            chosen = registered.keep(pattern_input, **settings.options)
 
-    probabilities = registered.normalise(scores.masked_fill(~keep, float("-inf")))
-    recorder = getattr(module, RECORDER_ATTRIBUTE, None)
-    if recorder is not None:
-        recorder.record(settings.layer_index, probabilities, valid_keys)
-    probabilities = F.dropout(probabilities.to(value.dtype), p=dropout, training=module.training)
+    if isinstance(chosen, KeySelection):
+        indices = chosen.indices.expand(*scores.shape[:-1], chosen.indices.shape[-1])
+        # A row keeps no key only if its sequence has no real token. Normalising nothing is NaN, so
+        # such rows keep their first chosen position instead (their output is meaningless anyway).
+        within = torch.arange(indices.shape[-1], device=indices.device) < chosen.counts.clamp(min=1)
+        kept_probabilities = registered.normalise(scores.gather(-1, indices).masked_fill(~within, float("-inf")))
+        if recorder is not None:
+            full = kept_probabilities.new_zeros(scores.shape).scatter(-1, indices, kept_probabilities)
+            recorder.record(settings.layer_index, full, valid_keys)
+        kept_probabilities = F.dropout(kept_probabilities.to(value.dtype), p=dropout, training=module.training)
+        probabilities = value.new_zeros(scores.shape).scatter(-1, indices, kept_probabilities)
+    else:
+        with torch.no_grad():
+            keep = chosen & valid_keys
+            # As above: a row without any real key attends densely to every position instead.
+            keep = keep | ~keep.any(dim=-1, keepdim=True)
+        probabilities = registered.normalise(scores.masked_fill(~keep, float("-inf")))
+        if recorder is not None:
+            recorder.record(settings.layer_index, probabilities, valid_keys)
+        probabilities = F.dropout(probabilities.to(value.dtype), p=dropout, training=module.training)
 
     output = torch.matmul(probabilities, value).transpose(1, 2).contiguous()
     return output, probabilities
