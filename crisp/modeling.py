@@ -22,22 +22,24 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import huggingface_hub.constants
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     DistilBertConfig,
     PretrainedConfig,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
     RobertaConfig,
 )
 
 from crisp.errors import HubUnreachableError
 from crisp.layout import BUNDLED_MODELS, TINY_ARCHITECTURES, is_local_path, model_slug  # noqa: F401 (model_slug re-exported)
+
+if TYPE_CHECKING:  # the model classes load transformers' modeling code (seconds): only load_model needs it
+    from transformers import PreTrainedModel
 
 # model_type -> the config key of its dropout on attention probabilities
 ATTENTION_DROPOUT_KEYS = {
@@ -242,6 +244,8 @@ def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None =
     global generator: call torch.manual_seed (or transformers.set_seed) first to fix it.
     attention_dropout: see load_model_config.
     """
+    from transformers import AutoModelForSequenceClassification
+
     resolved = resolve_spec(spec)
     config = load_model_config(spec, num_labels=num_labels, id2label=id2label, attention_dropout=attention_dropout)
     if resolved.kind == "tiny":
