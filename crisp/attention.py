@@ -110,16 +110,18 @@ class KeySelection:
         return keep.scatter_(-1, self.indices, within.expand_as(self.indices))
 
 
-def select_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int) -> KeySelection:
+def select_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int, ordered: bool = True) -> KeySelection:
     """In each row (last dimension) of `values`, exactly its `counts` largest entries.
 
     `counts` broadcasts against `values.shape[:-1] + (1,)`, so rows may keep different numbers;
     `k_max` is an upper bound on `counts` known on the host (from the padded length), so nothing is
     read back from the device. Entries are chosen by position among the `k_max` largest: when
-    several equal the count-th largest value, only as many as needed are kept.
+    several equal the count-th largest value, only as many as needed are kept. ordered=False skips
+    sorting those `k_max` (a fifth of the time of topk on a CPU), which is right only when every
+    count equals `k_max`.
     """
     k_max = min(max(k_max, 1), values.shape[-1])
-    return KeySelection(values.topk(k_max, dim=-1).indices, counts)
+    return KeySelection(values.topk(k_max, dim=-1, sorted=ordered).indices, counts)
 
 
 def keep_top_k(values: torch.Tensor, counts: torch.Tensor, k_max: int) -> torch.Tensor:
@@ -159,6 +161,8 @@ class AttentionScores:
     n_valid:     (batch, 1, queries, 1) number of real keys each query row may attend to.
     settings:    the module's SparseAttention (sparsity, layer index, seed).
     training:    whether the attention module is in training mode.
+    padded:      whether the batch came with a padding mask; without one every row has the same
+                 real length, so every row keeps the same number of keys.
     """
 
     scores: torch.Tensor
@@ -169,6 +173,7 @@ class AttentionScores:
     n_valid: torch.Tensor
     settings: SparseAttention
     training: bool
+    padded: bool = True
 
     def keep_counts(self) -> torch.Tensor:
         """(batch, 1, queries, 1) keys each row keeps, by `keep_count`."""
@@ -280,7 +285,9 @@ register_pattern("entmax15", normalise=entmax15)(keep_every_real_key)
 @register_pattern("topk")
 def topk_pattern(attention: AttentionScores) -> torch.Tensor:
     """Keep exactly keep_count(n_valid, sparsity) highest scores of each row."""
-    return select_top_k(attention.scores, attention.keep_counts(), attention.max_keep_count())
+    return select_top_k(
+        attention.scores, attention.keep_counts(), attention.max_keep_count(), ordered=attention.padded
+    )
 
 
 @register_pattern("random")
@@ -299,7 +306,7 @@ def random_pattern(attention: AttentionScores) -> torch.Tensor:
     else:
         noise = _position_hash(attention.settings.seed, attention.settings.layer_index, scores.shape, scores.device)
     noise = noise.masked_fill(~attention.valid_keys, -1)
-    return select_top_k(noise, attention.keep_counts(), attention.max_keep_count())
+    return select_top_k(noise, attention.keep_counts(), attention.max_keep_count(), ordered=attention.padded)
 
 
 _MASK32 = 0xFFFFFFFF
@@ -456,6 +463,7 @@ def crisp_attention(
                 n_valid=valid_keys.sum(dim=-1, keepdim=True),
                 settings=settings,
                 training=module.training,
+                padded=attention_mask is not None,
             )
             chosen = registered.keep(pattern_input, **settings.options)
 

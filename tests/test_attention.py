@@ -172,6 +172,19 @@ def test_topk_matches_the_previous_implementation_on_padded_batches(sparsity):
     assert torch.isfinite(output).all()
 
 
+@pytest.mark.parametrize("pattern", ["topk", "random"])
+def test_a_batch_without_padding_mask_keeps_the_same_keys(pattern):
+    """Without a padding mask every row keeps as many keys and the chosen ones are not sorted."""
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 2, 3, 10, 8).unbind(0)
+    everything = torch.ones(2, 1, 10, 10, dtype=torch.bool)
+    output, probabilities = crisp_attention(attention_module(pattern, 0.8), query, key, value, None)
+    expected_output, expected = crisp_attention(attention_module(pattern, 0.8), query, key, value, everything)
+    assert torch.equal(probabilities > 0, expected > 0)
+    assert ((probabilities > 0).sum(dim=-1) == keep_count(10, 0.8)).all()
+    torch.testing.assert_close(output, expected_output)
+
+
 def test_topk_gradients_match_the_masked_softmax():
     """The selection path (softmax over the k chosen scores, scattered back) has the gradients of a
     softmax over all scores with the others set to -inf."""

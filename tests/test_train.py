@@ -312,7 +312,7 @@ def test_training_arguments_follow_the_settings(tmp_path):
     assert arguments.torch_compile and arguments.report_to == ["tensorboard"]
     assert arguments.train_sampling_strategy == "group_by_length" and arguments.save_total_limit == 2
     assert (arguments.optim, arguments.dataloader_num_workers, arguments.dataloader_pin_memory) == (
-        "adamw_torch", 0, False)
+        "adamw_torch_fused", 0, False)
     default = train.training_arguments(TRAINING, cpu, 0, 640, tmp_path)
     assert not default.torch_compile and default.report_to in ("none", [], ["none"])
 
