@@ -19,9 +19,11 @@ is the top-k selection itself (comparisons, not arithmetic), so as_executed is a
 Views of a sparse configuration (pattern, sparsity) in which every query keeps
 k = keep_count(n, sparsity) keys (topk, random, window and block_topk all keep that many):
 
-- as_executed: what our masked implementation does. Top-k must see every score to choose the
-  kept ones, and the masked scores still go through the dense softmax and A V matmul, so nothing
-  is saved: the count equals dense.
+- as_executed: what our implementation does. Every pattern computes every score (top-k must see
+  them all to choose), and A V is a dense matmul (topk and random scatter their k probabilities
+  back into the full matrix), so nothing is saved: the count equals dense. topk and random run
+  the softmax on their k kept scores only, but choosing them compares all n scores of the row,
+  which costs at least as much as the softmax it spares; the count keeps the dense softmax.
 - ideal_sparse: a kernel that skips masked entries. qk_scores, softmax and attention_values scale
   by k / n; projections and FFN are untouched. For top-k this is an upper bound (top-k itself needs
   every score); it is what a pattern known before the scores (block, local) could reach.
@@ -354,7 +356,10 @@ def _assumptions() -> dict:
         "not_counted": (
             "biases, layer norms, activations, dropout, residuals, score scaling, top-k selection, embeddings"
         ),
-        "as_executed": "masking computes Q K^T, softmax and A V densely: no saving (block_topk adds block_scores)",
+        "as_executed": (
+            "Q K^T and A V are dense matmuls, the softmax counted dense (topk/random normalise k scores per "
+            "row after a selection over all n): no saving (block_topk adds block_scores)"
+        ),
         "ideal_sparse": "a kernel computing only the kept scores: qk_scores, softmax, attention_values x k/n",
         "paper_accounting": "ideal_sparse over the attention sub-layer only (FFN excluded)",
         "block_scores": "block_topk: mean-pooled query blocks x key blocks, 2 B^2 d + pooling 2 n d, no backward",
