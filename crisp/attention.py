@@ -403,6 +403,41 @@ def _block_means(states: torch.Tensor, real: torch.Tensor, block_size: int) -> t
 # ---------------------------------------------------------------------------------------------
 
 
+class _GatherChosen(torch.autograd.Function):
+    """scores.gather(-1, indices), keeping for the backward only the compact indices: torch's own
+    gather would keep the whole (batch, heads, queries, keys) score matrix."""
+
+    @staticmethod
+    def forward(ctx, scores, indices, compact_indices):
+        ctx.keys = scores.shape[-1]
+        ctx.save_for_backward(compact_indices)
+        return scores.gather(-1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return grad.new_zeros(*grad.shape[:-1], ctx.keys).scatter_(-1, indices.long(), grad), None, None
+
+
+class _ScatterChosen(torch.autograd.Function):
+    """The chosen keys' probabilities placed in a zero matrix over all keys (compact indices kept)."""
+
+    @staticmethod
+    def forward(ctx, chosen, indices, compact_indices, keys: int):
+        ctx.save_for_backward(compact_indices)
+        return chosen.new_zeros(*chosen.shape[:-1], keys).scatter_(-1, indices, chosen)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return grad.gather(-1, indices.long()), None, None, None
+
+
+def _compact(indices: torch.Tensor, keys: int) -> torch.Tensor:
+    """Key positions in the smallest integer type that holds them (int64 takes 4x the memory of int16)."""
+    return indices.to(torch.int16 if keys <= torch.iinfo(torch.int16).max else torch.int32)
+
+
 def crisp_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -472,12 +507,14 @@ def crisp_attention(
         # A row keeps no key only if its sequence has no real token. Normalising nothing is NaN, so
         # such rows keep their first chosen position instead (their output is meaningless anyway).
         within = torch.arange(indices.shape[-1], device=indices.device) < chosen.counts.clamp(min=1)
-        kept_probabilities = registered.normalise(scores.gather(-1, indices).masked_fill(~within, float("-inf")))
+        keys, compact = scores.shape[-1], _compact(indices, scores.shape[-1])
+        chosen_scores = _GatherChosen.apply(scores, indices, compact)
+        kept_probabilities = registered.normalise(chosen_scores.masked_fill(~within, float("-inf")))
         if recorder is not None:
             full = kept_probabilities.new_zeros(scores.shape).scatter(-1, indices, kept_probabilities)
             recorder.record(settings.layer_index, full, valid_keys)
         kept_probabilities = F.dropout(kept_probabilities.to(value.dtype), p=dropout, training=module.training)
-        probabilities = value.new_zeros(scores.shape).scatter(-1, indices, kept_probabilities)
+        probabilities = _ScatterChosen.apply(kept_probabilities, indices, compact, keys)
     else:
         with torch.no_grad():
             keep = chosen & valid_keys

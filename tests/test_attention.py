@@ -202,6 +202,25 @@ def test_topk_gradients_match_the_masked_softmax():
         torch.testing.assert_close(gradient, reference)
 
 
+@pytest.mark.parametrize("pattern", ["topk", "random"])
+def test_a_selection_keeps_little_more_than_dense_for_the_backward(pattern):
+    """What autograd holds from forward to backward: the probabilities, as for dense attention, plus
+    compact key positions; not the score matrix a plain gather would keep."""
+    from crisp.bench import saved_tensor_bytes
+
+    torch.manual_seed(0)
+    query, key, value = (tensor.requires_grad_() for tensor in torch.randn(3, 2, 4, 64, 16).unbind(0))
+
+    def saved(module):
+        return saved_tensor_bytes(lambda: crisp_attention(module, query, key, value, None), (query, key, value))
+
+    dense = saved(attention_module("dense", 0.0, training=True))
+    sparse = saved(attention_module(pattern, 0.8, training=True))
+    probabilities = 2 * 4 * 64 * 64 * 4  # float32 bytes of one (batch, heads, queries, keys) matrix
+    assert dense >= probabilities
+    assert sparse < dense + 0.5 * probabilities, (sparse, dense)
+
+
 def test_training_dropout_touches_only_the_kept_keys():
     torch.manual_seed(0)
     query, key, value = torch.randn(3, 2, 2, 16, 8).unbind(0)
