@@ -234,7 +234,7 @@ class RegisteredPattern:
     not exclude padding: the caller does) or a KeySelection (which must not choose padding keys
     beyond a row's count); normalise(masked scores) -> float32 probabilities."""
 
-    keep: Callable[..., torch.Tensor]
+    keep: Callable[..., torch.Tensor | KeySelection]
     normalise: Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -283,7 +283,7 @@ register_pattern("entmax15", normalise=entmax15)(keep_every_real_key)
 
 
 @register_pattern("topk")
-def topk_pattern(attention: AttentionScores) -> torch.Tensor:
+def topk_pattern(attention: AttentionScores) -> KeySelection:
     """Keep exactly keep_count(n_valid, sparsity) highest scores of each row."""
     return select_top_k(
         attention.scores, attention.keep_counts(), attention.max_keep_count(), ordered=attention.padded
@@ -291,7 +291,7 @@ def topk_pattern(attention: AttentionScores) -> torch.Tensor:
 
 
 @register_pattern("random")
-def random_pattern(attention: AttentionScores) -> torch.Tensor:
+def random_pattern(attention: AttentionScores) -> KeySelection:
     """Keep as many keys per row as `topk`, chosen uniformly at random among the real keys.
 
     Training draws from torch's global generator, so every step gets fresh masks and Trainer's
@@ -518,7 +518,7 @@ def crisp_attention(
     else:
         with torch.no_grad():
             keep = chosen & valid_keys
-            # As above: a row without any real key attends densely to every position instead.
+            # A row without any real key attends densely to every position instead (NaN otherwise).
             keep = keep | ~keep.any(dim=-1, keepdim=True)
         probabilities = registered.normalise(scores.masked_fill(~keep, float("-inf")))
         if recorder is not None:
