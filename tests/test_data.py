@@ -16,11 +16,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from crisp import data
+from crisp import data, synthetic
 from crisp.data import (
     DataError,
-    generate_synthetic,
-    generate_synthetic_pairs,
     load_prepared,
     load_raw_dataset,
     prepare,
@@ -28,6 +26,7 @@ from crisp.data import (
 )
 from crisp.errors import ConfigError
 from crisp.modeling import HubUnreachableError, load_tokenizer
+from crisp.synthetic import generate_synthetic, generate_synthetic_pairs
 from crisp.tasks import GLUE_PRESETS, resolve_task
 
 TOKENIZER = "tiny:bert"  # the bundled MiniLM vocabulary, loaded from disk
@@ -87,15 +86,15 @@ def test_synthetic_data_has_both_classes_and_the_hard_constructions():
     text = " ".join(frame["text"])
     assert text.count(" not ") + text.count("n't ") > 200
     assert text.count(", but ") > 200
-    assert sum(text.count(f" {word} ") for word in data.INTENSIFIERS) > 200
+    assert sum(text.count(f" {word} ") for word in synthetic.INTENSIFIERS) > 200
 
 
 def test_synthetic_negation_and_contrast_decide_the_label():
     frame = generate_synthetic(3000, seed=0, label_noise=0.0)
-    adjective = r"(?:(?:" + "|".join(data.INTENSIFIERS) + r") )?(\w+)"
+    adjective = r"(?:(?:" + "|".join(synthetic.INTENSIFIERS) + r") )?(\w+)"
     negated = re.compile(r"^[\w ]+ (?:is|was|are|were) not " + adjective + r"(?: [.!])?$")
     contrast = re.compile(r", but [\w ]+ (?:is|was|are|were) " + adjective + r"(?: [.!])?$")
-    positive = set(data.POSITIVE_WORDS)
+    positive = set(synthetic.POSITIVE_WORDS)
     checked = {"negation": 0, "contrast": 0}
     for text, label in zip(frame["text"], frame["label"]):
         if "," not in text and (match := negated.match(text)):
@@ -498,7 +497,7 @@ def test_synthetic_pairs_resolve_to_a_pair_task():
 def review_sentiment(review: str) -> bool:
     """The rule a reader applies: a positive word, unless negated."""
     words = review.replace("n't", " not").split()
-    positive_words = set(data.POSITIVE_WORDS) | {form for forms in data.POSITIVE_VERBS for form in forms}
+    positive_words = set(synthetic.POSITIVE_WORDS) | {form for forms in synthetic.POSITIVE_VERBS for form in forms}
     return any(word in positive_words for word in words) != any(word in ("not", "never") for word in words)
 
 
