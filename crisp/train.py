@@ -4,7 +4,7 @@
 
     build      load the prepared data, the tokenizer and the model; set the attention dropout and the
                sparse attention of the experiment
-    fit        train with the Trainer, resuming from the newest usable checkpoint
+    fit        train with the Trainer, resuming from the newest usable checkpoint (crisp.checkpoints)
     evaluate   predict every validation example once (batched), with attention diagnostics recorded;
                accuracy, the task's primary metric, NLL, ECE and Brier come from crisp.metrics
     write      metrics.json, history.csv, predictions.csv, attention.json through crisp.runs
@@ -13,60 +13,44 @@ Where a run's accuracy comes from: `evaluate` counts correct/total over every va
 never over a sampled or batched-and-dropped subset; the Trainer's evaluations during training use
 the same crisp.metrics functions.
 
-Resume: checkpoints live in their own folder (results/checkpoints/...), never among the run's
-outputs, because Snakemake deletes a job's outputs before rerunning it. A restarted run continues
-from the newest checkpoint that belongs to the same settings and code and whose files are complete;
-a truncated or unreadable checkpoint is removed (the log says so) and an older one, or the start,
-is used. SIGTERM (what SLURM sends before preemption) is handled for the whole of `train_run`:
-during training it saves a checkpoint at the next step and stops (TrainingInterrupted, exit 143);
-once training has finished, the run completes its evaluation and writes instead.
+Resume: crisp.checkpoints (where checkpoints live, which one a restarted run continues from, the
+fallback when the newest is damaged). SIGTERM (what SLURM sends before preemption) is handled for the
+whole of `train_run`: during training it saves a checkpoint at the next step and stops
+(TrainingInterrupted, exit 143); once training has finished, the run completes its evaluation and
+writes instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import platform
 import resource
 import shutil
-import signal
-import struct
 import subprocess
 import sys
-import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from crisp.attention import attention_diagnostics, sparsify
+from crisp.checkpoints import CHECKPOINTS_KEPT, Fit, StopOnSignal, checkpoint_stamp, fit, prepare_checkpoint_dir
 from crisp.data import collator, load_prepared, read_stats
 from crisp.devices import peak_flops_per_s
-from crisp.errors import ConfigError, TrainingInterrupted
+from crisp.errors import ConfigError
 from crisp.flops import Architecture, analytic_forward_matmul_flops
 from crisp.layout import model_slug
 from crisp.metrics import classification_metrics, primary_metric
 from crisp.modeling import load_model, load_tokenizer
 from crisp.runs import write_run
 
-RUN_CONFIG_FILE = "crisp_run_config.json"
-# Two checkpoints, so that when the newest is found corrupted an older one is there to resume from.
-CHECKPOINTS_KEPT = 2
 # Columns the model takes; the prepared data also holds text (and text_pair) for display.
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
-# Modules whose source decides what training computes: a checkpoint of other code is not resumed.
-CODE_MODULES = ("train", "attention", "patterns", "modeling", "data", "tasks", "metrics")
-# training keys that change where progress is reported, not what is computed
-LOGGING_KEYS = ("report_to",)
 # DataLoader worker processes on CUDA (on the CPU they would compete with training for the cores).
 CUDA_DATALOADER_WORKERS = 4
 # Backward of a matmul is two matmuls of its size, so training costs 3x the forward FLOPs.
@@ -99,34 +83,7 @@ def choose_hardware(training: dict) -> Hardware:
     return Hardware(device, precision)
 
 
-# ------------------------------------------------------------------------------------------ signals
-
-
-class StopOnSignal(TrainerCallback):
-    """SIGTERM during training: save a checkpoint after this step, then stop. Installed for the whole
-    run (`with StopOnSignal() as stop:`) and restored on the way out, however the run ends."""
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-
-    def __enter__(self) -> Self:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _handle(self, signum, frame):
-        print("SIGTERM received: the run stops at the next training step after saving a checkpoint "
-              "(or, when training has finished, completes its evaluation and writes)", flush=True)
-        self.received = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
-            control.should_save = True
-            control.should_training_stop = True
-        return control
+# ------------------------------------------------------------------------------------------ callbacks
 
 
 class _LogLastStep(TrainerCallback):
@@ -314,126 +271,6 @@ def metrics_for(metric: str):
     return compute
 
 
-# ------------------------------------------------------------------------------------------ fit
-
-
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """What makes a checkpoint unusable (a missing, truncated or unreadable file), or None.
-
-    Cheap checks that catch truncation without loading tensors: JSON parses; a safetensors file is
-    as long as its header says; a torch .pt/.pth file (a zip archive) has its central directory.
-    """
-    if not (checkpoint / "trainer_state.json").is_file():
-        return "trainer_state.json is missing (the save was interrupted)"
-    for path in sorted(checkpoint.iterdir()):
-        if not path.is_file():
-            continue
-        try:
-            if path.suffix == ".json":
-                json.loads(path.read_text())
-            elif path.suffix == ".safetensors":
-                _check_safetensors(path)
-            elif path.suffix in (".pt", ".pth", ".bin"):
-                with zipfile.ZipFile(path):
-                    pass
-        except (ValueError, OSError, zipfile.BadZipFile, struct.error, UnicodeDecodeError) as error:
-            return f"{path.name} is unreadable ({type(error).__name__}: {error})"
-    return None
-
-
-def _check_safetensors(path: Path) -> None:
-    with open(path, "rb") as handle:
-        (header_size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_size))
-    data_size = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
-    expected = 8 + header_size + data_size
-    if path.stat().st_size != expected:
-        raise ValueError(f"{path.stat().st_size} bytes, the header describes {expected}: truncated")
-
-
-def _checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Checkpoint folders, newest (highest step) first."""
-    steps = {}
-    for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = path.name.rsplit("-", 1)[1]
-        if path.is_dir() and step.isdigit():
-            steps[path] = int(step)
-    return sorted(steps, key=steps.get, reverse=True)
-
-
-def prepare_checkpoint_dir(checkpoint_dir: Path, stamp: dict) -> str | None:
-    """Return the checkpoint to resume from, discarding checkpoints of other settings or code and
-    unusable ones (falling back to an older checkpoint, or to the start)."""
-    stamp_path = checkpoint_dir / RUN_CONFIG_FILE
-    if checkpoint_dir.exists():
-        try:
-            previous = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            previous = None
-        if previous != stamp:
-            print(f"Discarding checkpoints in {checkpoint_dir}: they belong to a different configuration", flush=True)
-            shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    stamp_path.write_text(json.dumps(stamp, indent=2, sort_keys=True))
-    for checkpoint in _checkpoints(checkpoint_dir):
-        problem = checkpoint_problem(checkpoint)
-        if problem is None:
-            print(f"Resuming from {checkpoint}", flush=True)
-            return str(checkpoint)
-        print(f"Removing unusable checkpoint {checkpoint}: {problem}; falling back to an older one or the start",
-              flush=True)
-        shutil.rmtree(checkpoint)
-    return None
-
-
-def checkpoint_stamp(settings: dict) -> dict:
-    """What a checkpoint must have been made with to be resumed: the same settings (bar where training is
-    logged to, which changes no result) and the same training code."""
-    training = {key: value for key, value in settings["training"].items() if key not in LOGGING_KEYS}
-    return {**settings, "training": training, "code": _code_digest()}
-
-
-def _finished(checkpoint: str) -> bool:
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return state["global_step"] >= state["max_steps"] > 0
-
-
-def _global_step(checkpoint: str | None) -> int:
-    if checkpoint is None:
-        return 0
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
-
-
-@dataclass
-class Fit:
-    resumed_from_step: int
-    trained_steps: int  # on this attempt
-    seconds: float
-
-
-def fit(trainer: Trainer, resume_from: str | None, stop: StopOnSignal, checkpoint_dir: Path) -> Fit:
-    """Train to the end; raise TrainingInterrupted when SIGTERM stopped training early."""
-    start_step = _global_step(resume_from)
-    started = time.perf_counter()
-    if resume_from and _finished(resume_from):
-        # Training had ended before the run was stopped (during its evaluation or writes). Load the final
-        # weights and state instead of calling train(), which would take one more step past a
-        # fractional number of epochs.
-        print(f"Training finished in {resume_from}: loading it for the evaluation", flush=True)
-        trainer._load_from_checkpoint(resume_from)
-        trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
-    else:
-        trainer.train(resume_from_checkpoint=resume_from)
-    seconds = time.perf_counter() - started
-    if stop.received and trainer.state.global_step < trainer.state.max_steps:
-        raise TrainingInterrupted(
-            f"stopped on SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}"
-        )
-    if stop.received:
-        print("SIGTERM arrived after training finished: completing the evaluation and writes", flush=True)
-    return Fit(start_step, trainer.state.global_step - start_step, seconds)
-
-
 # ------------------------------------------------------------------------------------------ evaluate
 
 
@@ -515,16 +352,6 @@ def peak_memory_mb(device: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------ provenance
-
-
-def _code_digest() -> str:
-    """A hash of the modules that define what training computes."""
-    digest = hashlib.sha256()
-    for module in CODE_MODULES:
-        path = Path(__file__).parent / f"{module}.py"
-        if path.exists():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def software_versions() -> dict:

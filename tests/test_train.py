@@ -23,6 +23,7 @@ if not hasattr(attention, "attention_diagnostics"):
     pytest.skip("crisp.attention.attention_diagnostics is not there yet", allow_module_level=True)
 
 from crisp import runs, train
+from crisp.checkpoints import checkpoint_stamp, prepare_checkpoint_dir
 from crisp.data import load_prepared, prepare
 from crisp.devices import peak_flops_per_s
 from crisp.errors import TrainingInterrupted, exit_code
@@ -181,7 +182,7 @@ def test_with_every_checkpoint_corrupted_training_starts_over(reference, tmp_pat
     truncate(checkpoints / "checkpoint-10" / "model.safetensors")
     (checkpoints / "checkpoint-5" / "trainer_state.json").unlink()  # killed while saving
 
-    assert train.prepare_checkpoint_dir(checkpoints, train.checkpoint_stamp(make_settings())) is None
+    assert prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings())) is None
     assert not list(checkpoints.glob("checkpoint-*"))
     assert capfd.readouterr().out.count("Removing unusable checkpoint") == 2
 
@@ -189,11 +190,11 @@ def test_with_every_checkpoint_corrupted_training_starts_over(reference, tmp_pat
 def test_checkpoints_of_other_settings_are_not_resumed(reference, tmp_path, capfd):
     root, _ = reference
     checkpoints = copy_checkpoints(root, tmp_path / "ck")
-    assert train.prepare_checkpoint_dir(checkpoints, train.checkpoint_stamp(make_settings(seed=1))) is None
+    assert prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings(seed=1))) is None
     assert "different configuration" in capfd.readouterr().out and not list(checkpoints.glob("checkpoint-*"))
     # where training is reported to changes no result: the checkpoints stay usable
     checkpoints = copy_checkpoints(root, tmp_path / "ck2")
-    resumed = train.prepare_checkpoint_dir(checkpoints, train.checkpoint_stamp(make_settings(report_to="tensorboard")))
+    resumed = prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings(report_to="tensorboard")))
     assert resumed == str(checkpoints / "checkpoint-10")
 
 

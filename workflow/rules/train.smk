@@ -6,6 +6,7 @@ rule train:
         data=lambda w: data_dir(R, w.task, tokenizer_of(MODELS[w.model])),
         code=crisp_sources(
             "train",
+            "checkpoints",
             "runs",
             "attention",
             "patterns",
