@@ -22,15 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_RESULTS = ROOT / "results" / "demo"
 PUBLISHED = ROOT / "docs" / "demo"
 START, END = "<!-- demo-summary:start -->", "<!-- demo-summary:end -->"
-# Everything that decides the demo's numbers: training, attention, data, metrics, the tables'
-# statistics, and the two configuration files the demo layers.
+# Everything that decides the demo's numbers: training, attention, data, metrics, the FLOP model
+# behind achieved FLOP/s, the tables' statistics, and the two configuration files the demo layers.
 SOURCES = [
     "config.yaml",
     "config/demo.yaml",
     "crisp/schemas/config.schema.yaml",
     *(f"crisp/{module}.py" for module in (
-        "attention", "config", "data", "layout", "metrics", "modeling", "patterns", "runs", "settings", "stats",
-        "tables", "tasks", "train",
+        "attention", "checkpoints", "config", "data", "flops", "layout", "metrics", "modeling", "patterns", "runs",
+        "settings", "stats", "synthetic", "tables", "tasks", "train",
     )),
 ]  # fmt: skip
 FIGURES = {
