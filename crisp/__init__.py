@@ -4,9 +4,10 @@
     model = crisp.sparsify(model, pattern="topk", sparsity=0.8)
 
 Where things live: the sparse attention (crisp.attention), model and data loading
-(crisp.modeling, crisp.data), the synthetic reviews (crisp.synthetic), fine-tuning (crisp.train)
-and its resume checkpoints (crisp.checkpoints), FLOP accounting (crisp.flops), tables and figures
-(crisp.tables, crisp.figures), and the command line the Snakemake rules call (crisp.cli).
+(crisp.modeling, crisp.data; local data files are read and checked in crisp.tabular), the synthetic
+reviews (crisp.synthetic), fine-tuning (crisp.train) and its resume checkpoints (crisp.checkpoints),
+FLOP accounting (crisp.flops), tables and figures (crisp.tables, crisp.figures), and the command line
+the Snakemake rules call (crisp.cli).
 """
 
 __version__ = "0.1.0"

@@ -37,7 +37,9 @@ RUN_CONFIG_FILE = "crisp_run_config.json"
 # Two checkpoints, so that when the newest is found corrupted an older one is there to resume from.
 CHECKPOINTS_KEPT = 2
 # Modules whose source decides what training computes: a checkpoint of other code is not resumed.
-CODE_MODULES = ("train", "checkpoints", "attention", "patterns", "modeling", "data", "synthetic", "tasks", "metrics")
+CODE_MODULES = (
+    "train", "checkpoints", "attention", "patterns", "modeling", "data", "tabular", "synthetic", "tasks", "metrics",
+)
 # training keys that change where progress is reported, not what is computed
 LOGGING_KEYS = ("report_to",)
 

@@ -30,7 +30,7 @@ SOURCES = [
     "crisp/schemas/config.schema.yaml",
     *(f"crisp/{module}.py" for module in (
         "attention", "checkpoints", "config", "data", "flops", "layout", "metrics", "modeling", "patterns", "runs",
-        "settings", "stats", "synthetic", "tables", "tasks", "train",
+        "settings", "stats", "synthetic", "tables", "tabular", "tasks", "train",
     )),
 ]  # fmt: skip
 FIGURES = {

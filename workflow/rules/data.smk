@@ -2,7 +2,7 @@ rule data:
     """Load, check and tokenise one task's data once per tokenizer; every run reuses it."""
     input:
         files=local_data_files,
-        code=crisp_sources("data", "synthetic", "modeling"),
+        code=crisp_sources("data", "tabular", "synthetic", "modeling"),
     output:
         directory(f"{R}/data/{{task}}/{{tokenizer}}"),
     log:
