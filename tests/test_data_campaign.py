@@ -11,7 +11,8 @@ empty file, a missing file, a missing column, broken JSON, and random damage to 
 The cases tried and rejected are counted; the count is printed at the end of the module's run:
     python -m pytest -q tests/test_data_campaign.py        (or: python tests/test_data_campaign.py)
 and written as JSON to $CRISP_DATA_CAMPAIGN_SUMMARY when that is set. The examples are
-derandomised, so the counts are the same on every run with the same hypothesis version.
+derandomised, so the same command gives the same counts with the same hypothesis version; run in
+one process with other test modules, the cases drawn (and so the counts) can differ slightly.
 """
 
 import codecs
