@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,60 @@ import yaml
 from crisp.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+# What a configuration may hold, checked as it is read (in bounded memory, before the schema or
+# Snakemake sees it): the schema's own maxLength for paths is PATH_MAX; label names are the longest lists.
+MAX_DEPTH = 32
+MAX_TEXT = 4096
+MAX_VALUES = 1_000_000
+MAX_FILE_BYTES = 64 * 2**20
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that also rejects a key given twice in one mapping (PyYAML keeps the last
+    silently) and nesting deeper than MAX_DEPTH (PyYAML recurses: 500 levels are a RecursionError),
+    each as a YAML error with the line."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"values are nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges keys that the mapping's own keys may override
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error names it
+                if earlier is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"the key {key!r} is given twice in one mapping (first on line {earlier.start_mark.line + 1}); "
+                        "keep one (a later one would silently replace the earlier)",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_object(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ConfigError(f"the key {repeated[0]!r} is given twice in one object; keep one")
+    return dict(pairs)
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -40,7 +95,10 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value cannot be parsed: {_yaml_problem(error)}") from None
     # YAML 1.1 reads "3e-5" as a string; accept the float people mean.
     if isinstance(value, str):
         try:
@@ -54,23 +112,92 @@ def parse_override(text: str) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """One configuration file, checked as it is read: a key given twice, nesting deeper than
+    MAX_DEPTH and values past the limits are errors naming the file (and line, or key)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"configuration file {path} does not exist")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"configuration file {path} is {path.stat().st_size / 2**20:.0f} MiB, more than a configuration "
+            f"may be ({MAX_FILE_BYTES // 2**20} MiB)"
+        )
     try:
         # JSON is YAML, but PyYAML (YAML 1.1) reads JSON's 1e-05 as a string: parse JSON as JSON.
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(), object_pairs_hook=_unique_json_object)
+        else:
+            data = yaml.load(path.read_text(), Loader=ConfigLoader)
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"configuration file {path} cannot be parsed: line {error.lineno}, column {error.colno}: {error.msg}"
         ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"configuration file {path} cannot be parsed: values are nested deeper than {MAX_DEPTH} levels"
+        ) from None
+    except ConfigError as error:
+        raise ConfigError(f"configuration file {path} cannot be parsed: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"configuration file {path} cannot be parsed: {_yaml_problem(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"configuration file {path} must hold a mapping of keys, not {type(data).__name__}")
+    try:
+        check_values(data)
+    except ConfigError as error:
+        raise ConfigError(f"configuration file {path}: {error}") from None
     return data
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """Read each file as read_yaml does, for its errors: the Snakefile's config is merged by Snakemake,
+    whose YAML loader keeps the last of two equal keys without a word."""
+    for path in paths:
+        read_yaml(path)
+
+
+def check_values(config) -> None:
+    """Every value is finite and within the limits (MAX_DEPTH, MAX_TEXT, MAX_VALUES): walked without
+    recursion, and stopped at the first problem, so a huge or deep value costs no more than reading it.
+    Shared values (YAML aliases) are walked each time they appear, as every later step would."""
+    stack = [((), config)]
+    seen = 0
+    while stack:
+        path, value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"the configuration holds more than {MAX_VALUES:,} values; is a file repeated in it?")
+        if len(path) > MAX_DEPTH:
+            raise ConfigError(
+                f"config key '{_dotted(path)}': values are nested deeper than {MAX_DEPTH} levels"
+            )
+        if isinstance(value, dict):
+            stack.extend(((*path, str(key)), item) for key, item in value.items())
+            for key in value:
+                if isinstance(key, str) and len(key) > MAX_TEXT:
+                    raise ConfigError(
+                        f"config key '{_dotted(path)}': a key of {len(key):,} characters (at most {MAX_TEXT})"
+                    )
+        elif isinstance(value, (list, tuple)):
+            stack.extend(((*path, str(index)), item) for index, item in enumerate(value))
+        elif isinstance(value, str) and len(value) > MAX_TEXT:
+            raise ConfigError(
+                f"config key '{_dotted(path)}': a text of {len(value):,} characters, more than the {MAX_TEXT} allowed"
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"config key '{_dotted(path)}': {value} is not a finite number: give one within the schema's bounds"
+            )
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    """A key path for a message: long ones shortened (a 1,000-deep path is not one line)."""
+    parts = [part if len(part) <= 40 else part[:37] + "..." for part in path]
+    if len(parts) > 8:
+        parts = [*parts[:4], "...", *parts[-2:]]
+    return ".".join(parts) or "(top level)"
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -129,6 +256,15 @@ def _schema_error(error) -> ConfigError:
         hint = f" (YAML reads {error.instance} as text: write it as {float(error.instance):.1e})"
     if "propertyNames" in error.schema_path:
         hint = " (names may hold only letters, digits, _ and -: they become folder names)"
+    if error.validator in ("pattern", "maxLength") and isinstance(error.instance, str):
+        # jsonschema's message repeats the whole value and the regular expression: say it for people.
+        shown = repr(error.instance if len(error.instance) <= 60 else error.instance[:57] + "...")
+        problem = (
+            error.schema.get("patternProblem", "is not allowed")
+            if error.validator == "pattern"
+            else f"is longer than {error.validator_value} characters"
+        )
+        return ConfigError(f"config key '{_key_path(error)}': {shown} {problem}")
     return ConfigError(f"config key '{_key_path(error) or '(top level)'}': {error.message}{hint}")
 
 
@@ -144,6 +280,7 @@ def validate_config(config: dict) -> dict:
 
     if not isinstance(config, dict):
         raise ConfigError(f"the configuration must be a mapping of keys, not {type(config).__name__}")
+    check_values(config)
     for section in ("tasks", "experiments", "sweeps"):
         if isinstance(config.get(section), dict):
             config[section] = {name: spec for name, spec in config[section].items() if spec is not None}
@@ -166,8 +303,14 @@ def validate_config(config: dict) -> dict:
     if best is not None:
         raise _schema_error(best)
 
+    from crisp.labels import label_names_problem
     from crisp.layout import model_spec_problem
     from crisp.patterns import ExperimentError, check_experiment
+
+    for name, task in config["tasks"].items():
+        problem = label_names_problem(task["label_names"]) if task.get("label_names") else None
+        if problem:
+            raise ConfigError(f"config key 'tasks.{name}.label_names': {problem}")
 
     for index, model in enumerate(config["models"]):
         problem = model_spec_problem(model)

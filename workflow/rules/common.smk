@@ -3,7 +3,7 @@
 # the output layout and the per-stage settings.
 from pathlib import Path
 
-from crisp.config import validate_config
+from crisp.config import check_config_files, validate_config
 from crisp.errors import ConfigError
 from crisp.layout import (
     FIGURE_FORMATS,
@@ -29,6 +29,8 @@ from crisp.settings import (
 )
 
 try:
+    # Snakemake's own reading of the files keeps the last of two equal keys: read them again.
+    check_config_files(workflow.configfiles)
     validate_config(config)
 except ConfigError as error:
     raise WorkflowError(f"Invalid configuration: {error}")
