@@ -9,6 +9,7 @@
 #   data (per task and tokenizer) -> train (per run) -> tables -> figures; flops per model.
 # Each rule is one `crisp` sub-command of the same name; the logic lives in the crisp package.
 
+import shlex
 import sys
 
 from snakemake.utils import min_version
@@ -21,7 +22,7 @@ sys.path.insert(0, workflow.basedir)
 # (A prefix replaces Snakemake's default one, so it restates the strict mode.)
 shell.prefix(
     "set -euo pipefail; export PYTHONPATH="
-    + workflow.basedir
+    + shlex.quote(workflow.basedir)
     + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 

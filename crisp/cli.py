@@ -8,10 +8,11 @@
     crisp figures  draw the figures                     -> results/figures/
     crisp bench    speed and memory, as ratios measured side by side
 
-A stage reads exactly its settings (crisp.settings): the Snakemake rules pass them as JSON with
-`--settings`; by hand, give `--config FILE` (repeatable, later files win, `--set key=value`
-overrides) and the run's names (--task, --model, --experiment, --seed), and the same settings are
-computed from the configuration. Every sub-command writes only into the paths it is given.
+A stage reads exactly its settings (crisp.settings): the Snakemake rules pass them as JSON on
+standard input (`--settings -`: a long list of label names would not fit on a command line); by
+hand, give `--config FILE` (repeatable, later files win, `--set key=value` overrides) and the
+run's names (--task, --model, --experiment, --seed), and the same settings are computed from the
+configuration. Every sub-command writes only into the paths it is given.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import sys
 def _add_settings_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
     group = parser.add_argument_group("settings (either --settings, or --config with the names below)")
     group.add_argument(
-        "--settings", metavar="JSON", help="the stage's settings as JSON (what the Snakemake rule passes)"
+        "--settings",
+        metavar="JSON",
+        help="the stage's settings as JSON, or - to read them from standard input (what the Snakemake rules do: "
+        "settings can be longer than a command line may be)",
     )
     group.add_argument(
         "--config",
@@ -61,7 +65,7 @@ def _settings(args, stage: str, names: tuple[str, ...]) -> dict:
     if args.settings:
         if args.config or args.overrides:
             raise ConfigError("give either --settings or --config/--set, not both")
-        return stage_settings.from_json(args.settings, stage)
+        return stage_settings.from_json(sys.stdin.read() if args.settings == "-" else args.settings, stage)
     config = _load_config(args)
     missing = [f"--{name}" for name in names if getattr(args, name) is None]
     if missing:

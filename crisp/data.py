@@ -191,6 +191,7 @@ def _load_hub_dataset(spec: dict) -> tuple[dict[str, pd.DataFrame], list[str]]:
             spec["label_column"],
             label_names,
             text_pair_column=spec["text_pair_column"],
+            labels_are_indices=hub_names is not None,
         )
     return frames, label_names
 

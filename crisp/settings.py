@@ -1,7 +1,8 @@
 """What each stage reads: one function per stage computes it from a validated configuration.
 
-The Snakemake rule declares the result as its `params:` and passes it, as JSON, to the `crisp`
-sub-command, which uses exactly that and nothing else. So every key a stage reads is a key whose
+The Snakemake rule declares the result as its `params:` and passes it, as JSON on standard input
+(`--settings -`; one command-line argument may not exceed 128 KiB, and 12,000 label names do), to the
+`crisp` sub-command, which uses exactly that and nothing else. So every key a stage reads is a key whose
 change reruns the stage, and no other key is (threads, memory and time limits are resources, not
 settings: they never rerun a job). The library and the command line compute the same settings
 from a configuration file (`crisp train --config config.yaml --task sst2 ...`).

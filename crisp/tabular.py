@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import numbers
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from crisp.errors import DataError
+from crisp.labels import label_key, label_names_problem, names_look_like_numbers
 
 SUPPORTED_EXTENSIONS = (".tsv", ".csv", ".jsonl", ".parquet")
 # csv's default limit is 128 KiB per field; a long document is data, not an error.
@@ -61,8 +63,15 @@ def read_table(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
     Anything wrong with the file itself raises DataError naming the file (and line, where one applies).
     """
     if not path.is_file():
+        if path.is_dir():
+            problem = "is a folder, not a file: give the path of the file in it"
+        elif path.exists():
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(path.stat().st_mode) else "not a regular file"
+            problem = f"is {kind}: give the path of a regular file (it is read more than once)"
+        else:
+            problem = "does not exist"
         raise DataError(
-            f"Data file '{path}' does not exist. Check the task's train_file / validation_file "
+            f"Data file '{path}' {problem}. Check the task's train_file / validation_file "
             "(relative paths start from the working directory)."
         )
     suffix = path.suffix.lower()
@@ -198,11 +207,13 @@ def normalise_frame(
     label_column: str,
     label_names: list[str],
     text_pair_column: str | None = None,
+    labels_are_indices: bool = False,
 ) -> pd.DataFrame:
     """Check one split and return it as columns text, text_pair (pairs only) and label (0..K-1).
 
-    Labels may be integers (also "1" or 1.0) or label names ("positive", any case). Checks are
-    vectorised: SST-2's 67k rows take a fraction of a second.
+    Labels may be integers (also "1" or 1.0) or label names ("positive", any case), matched as
+    crisp.labels says; `labels_are_indices` (a Hub ClassLabel column) reads integers as indices even
+    when names look like numbers. Checks are vectorised: SST-2's 67k rows take a fraction of a second.
     """
     text_roles = {"text": ("text_column", text_column)}
     if text_pair_column is not None:
@@ -223,28 +234,49 @@ def normalise_frame(
         bad_text = ~text.map(lambda value: isinstance(value, str) and bool(value.strip())).to_numpy(dtype=bool)
         if bad_text.any():
             first = int(np.argmax(bad_text))
+            value = text.iloc[first]
+            if isinstance(value, str) or value is None or (isinstance(value, float) and np.isnan(value)):
+                problem, fix = "an empty or missing text", "Remove or fill in those rows."
+            else:
+                kind = "a list" if isinstance(value, (list, tuple, np.ndarray)) else f"a {type(value).__name__}"
+                problem = f"{kind} ({_shown(value)}) where text is expected"
+                fix = "Give the text as one string per row, or set the task's text columns to other columns."
             raise DataError(
-                f"{source}: {describe_row(first)} has an empty or missing text in column "
-                f"'{column}' ({int(bad_text.sum())} such rows in all). Remove or fill in those rows."
+                f"{source}: {describe_row(first)} has {problem} in column "
+                f"'{column}' ({int(bad_text.sum())} such rows in all). {fix}"
             )
         normalised[output] = text.to_numpy(dtype=object)
 
+    # The matching rule is crisp.labels': names ignoring case, numbers by value, and integers as
+    # indices only when no name looks like a number (or the source says they are: a Hub ClassLabel).
+    problem = label_names_problem(label_names)
+    if problem:
+        raise DataError(f"{source}: the task's label_names cannot be told apart: {problem}.")
+    numeric_names = names_look_like_numbers(label_names) and not labels_are_indices
     raw_labels = frame[label_column]
     as_text = raw_labels.map(_label_text)
-    numbers = pd.to_numeric(as_text, errors="coerce")
-    by_name = as_text.map(lambda value: value.lower() if isinstance(value, str) else value).map(
-        {name.lower(): i for i, name in enumerate(label_names)}
-    )
-    labels = numbers.fillna(by_name.astype("float64")).to_numpy(dtype="float64", na_value=np.nan)
+    index_of = {label_key(name): float(i) for i, name in enumerate(label_names)}
+    by_name = as_text.map({text: index_of.get(label_key(text), np.nan) for text in as_text.dropna().unique()})
+    by_name = by_name.astype("float64")
+    if numeric_names:
+        labels = by_name.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        numbers = pd.to_numeric(as_text, errors="coerce")
+        labels = numbers.fillna(by_name).to_numpy(dtype="float64", na_value=np.nan)
     bad_label = ~np.isin(labels, np.arange(len(label_names)))  # NaN, fractions and out-of-range values all fail
     if bad_label.any():
         first = int(np.argmax(bad_label))
         value = raw_labels.iloc[first]
         value = value.item() if isinstance(value, np.generic) else value  # 7, not np.int64(7)
+        rule = (
+            " (the label names look like numbers, so labels are read as names, not as indices 0..K-1)"
+            if numeric_names
+            else ""
+        )
         raise DataError(
-            f"{source}: {describe_row(first)} has label {value!r} in column "
+            f"{source}: {describe_row(first)} has label {_shown(value)} in column "
             f"'{label_column}', which is not one of the allowed labels "
-            f"{_describe_labels(label_names)} ({int(bad_label.sum())} such rows in all). "
+            f"{_describe_labels(label_names)}{rule} ({int(bad_label.sum())} such rows in all). "
             "Fix those rows, or set the task's label_column / label_names."
         )
     return pd.DataFrame({**normalised, "label": labels.astype("int64")})
@@ -257,6 +289,14 @@ def _label_text(value) -> str | None:
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return str(value)
     return None
+
+
+def _shown(value) -> str:
+    """A value as a message shows it: its repr, shortened."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _describe_labels(label_names: list[str]) -> str:

@@ -20,4 +20,5 @@ rule data:
             data_settings(config, w.task, TOKENIZERS[w.tokenizer])
         ),
     shell:
-        "python -m crisp data --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python -m crisp data --settings - --out {output:q} > {log:q} 2>&1"
+        " <<< {params.settings:q}"

@@ -24,5 +24,5 @@ rule figures:
         # the first output is figures/sparsity_effects.png
         out=lambda w, output: Path(output[0]).parent,
     shell:
-        "python -m crisp figures --settings {params.settings:q} --tables {params.tables}"
-        " --runs {params.runs} --out {params.out} > {log} 2>&1"
+        "python -m crisp figures --settings - --tables {params.tables:q}"
+        " --runs {params.runs:q} --out {params.out:q} > {log:q} 2>&1 <<< {params.settings:q}"

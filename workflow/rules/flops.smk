@@ -20,4 +20,5 @@ rule flops:
         settings=lambda w: as_json(flops_settings(config, MODELS[w.model])),
         out=lambda w, output: Path(output[0]).parent,
     shell:
-        "python -m crisp flops --settings {params.settings:q} --out {params.out} > {log} 2>&1"
+        "python -m crisp flops --settings - --out {params.out:q} > {log:q} 2>&1"
+        " <<< {params.settings:q}"

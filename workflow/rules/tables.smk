@@ -22,5 +22,5 @@ rule tables:
         runs=RUN_DIRS,
         out=lambda w, output: Path(output[0]).parent,
     shell:
-        "python -m crisp tables --settings {params.settings:q} --runs {params.runs}"
-        " --flops {input.flops} --out {params.out} > {log} 2>&1"
+        "python -m crisp tables --settings - --runs {params.runs:q}"
+        " --flops {input.flops:q} --out {params.out:q} > {log:q} 2>&1 <<< {params.settings:q}"

@@ -44,5 +44,6 @@ rule train:
         ),
         keep="--keep-checkpoints" if config["training"]["keep_checkpoints"] else "",
     shell:
-        "python -m crisp train --settings {params.settings:q} --data {input.data} --out {params.run_dir}"
-        " --checkpoints {params.checkpoints} --threads {threads} {params.keep} > {log} 2>&1"
+        "python -m crisp train --settings - --data {input.data:q} --out {params.run_dir:q}"
+        " --checkpoints {params.checkpoints:q} --threads {threads} {params.keep} > {log:q} 2>&1"
+        " <<< {params.settings:q}"
