@@ -133,3 +133,18 @@ def test_a_broken_run_folder_is_one_clear_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 1
     assert "metrics.json" in error and "Traceback" not in error
+
+
+def test_settings_too_long_for_a_command_line_travel_on_standard_input(monkeypatch):
+    import io
+
+    from crisp.cli import _settings
+
+    names = [f"label_number_{i}" for i in range(12_000)]
+    config = load_config([ROOT / "config.yaml", ROOT / ".test/config.yaml"], [f"tasks.sentiment.label_names={names}"])
+    settings = data_settings(config, "sentiment", "bundled:minilm")
+    text = as_json(settings)
+    assert len(text.encode()) > 128 * 1024  # more than Linux lets one command-line argument be
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    args = build_parser().parse_args(["data", "--settings", "-", "--out", "unused"])
+    assert _settings(args, "data", ("task", "tokenizer")) == settings

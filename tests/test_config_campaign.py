@@ -1,7 +1,9 @@
 """A bad-input campaign for configurations (hypothesis): a valid configuration mutated at random
-(wrong types, out-of-range numbers, unknown keys, missing keys, odd experiment names,
-unparseable YAML) is rejected by `crisp config`, as by the Snakefile, before any job runs: one
-line naming the key (or the file, for YAML that does not parse), exit code 1, no traceback.
+(wrong types, out-of-range numbers, non-finite numbers, numbers past their upper bound, unknown
+keys, missing keys, odd experiment names, a key given twice, label names that differ only in case
+or are the same number, unparseable YAML) is rejected by `crisp config`, as by the Snakefile,
+before any job runs: one line naming the key (or the file and line, for YAML that does not parse
+or repeats a key), exit code 1, no traceback.
 
 The cases tried and rejected are counted and printed at the end of the module's run:
     python -m pytest -q tests/test_config_campaign.py
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -107,14 +110,46 @@ def wrong_type(value):
 @st.composite
 def mutations(draw):
     """(mutated configuration or YAML text, the key path the error must name)."""
-    kind = draw(st.sampled_from(["wrong_type", "out_of_range", "unknown_key", "missing_key", "odd_name", "bad_yaml"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "wrong_type",
+                "out_of_range",
+                "non_finite",
+                "too_large",
+                "unknown_key",
+                "missing_key",
+                "odd_name",
+                "duplicate_key",
+                "label_names",
+                "bad_yaml",
+            ]
+        )
+    )
+    numeric = [(p, v) for p, v in LEAVES if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if kind == "wrong_type":
         path, value = draw(st.sampled_from(LEAVES))
         return set_value(VALID, path, wrong_type(value)), ".".join(path)
     if kind == "out_of_range":
-        numeric = [(p, v) for p, v in LEAVES if isinstance(v, (int, float)) and not isinstance(v, bool)]
         path, _ = draw(st.sampled_from(numeric))
         return set_value(VALID, path, draw(st.sampled_from([-1, -1e9, -0.5]))), ".".join(path)
+    if kind == "non_finite":  # written as .nan, .inf, -.inf
+        path, _ = draw(st.sampled_from(numeric))
+        value = draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+        return set_value(VALID, path, value), ".".join(path)
+    if kind == "too_large":  # every number has an upper bound (1.0e+300 passes as an integer to JSON schema)
+        path, _ = draw(st.sampled_from(numeric))
+        return set_value(VALID, path, draw(st.sampled_from([1e300, 10**30, 1e12]))), ".".join(path)
+    if kind == "duplicate_key":  # a `key:` line written twice: the same mapping holds the key twice
+        lines = yaml.safe_dump(VALID, sort_keys=False).split("\n")
+        keyed = [i for i, line in enumerate(lines) if re.match(r"^\s*[A-Za-z_][\w-]*:", line)]
+        index = draw(st.sampled_from(keyed))
+        key = lines[index].split(":", 1)[0].strip()
+        lines.insert(index + 1, lines[index])
+        return "\n".join(lines), ("twice", index + 2, key)
+    if kind == "label_names":  # distinct strings the matching rule cannot tell apart
+        names = draw(st.sampled_from([["A", "a"], ["yes", "YES "], ["1", "1.0"], ["neg", " neg"], ["-1", "-1.00"]]))
+        return set_value(VALID, ("tasks", "sst2", "label_names"), names), "tasks.sst2.label_names"
     if kind == "unknown_key":
         path, _ = draw(st.sampled_from(NODES))
         name = draw(st.from_regex(r"zz_[a-z]{1,8}", fullmatch=True))
@@ -174,6 +209,9 @@ def test_a_mutated_configuration_is_rejected_in_one_line_naming_the_key(case, tm
     assert message.startswith("crisp config: error: ")
     if key is None:
         assert "mutated.yaml" in message and "cannot be parsed" in message
+    elif isinstance(key, tuple):
+        _, line, name = key
+        assert "mutated.yaml" in message and f"line {line}," in message and f"key {name!r}" in message, message
     else:
         assert f"config key '{key}" in message, (key, message)
     COUNTS["rejected"] += 1

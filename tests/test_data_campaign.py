@@ -4,9 +4,12 @@ exception.
 
 What loads: UTF-8 with or without a byte-order mark, UTF-16/32 with one, LF or CRLF line ends,
 blank lines anywhere, quoted CSV fields holding tabs, commas and quotes, very long lines, labels
-as numbers ("1", "1.0") or label names in any case. What is rejected: other encodings (Latin-1),
-ragged rows, a tab inside a TSV sentence, labels outside the set, empty texts, a header only, an
-empty file, a missing file, a missing column, broken JSON, and random damage to the bytes.
+as numbers ("1", "1.0") or label names in any case, and label names that look like numbers
+(["-1", "1"], ["1", "2", "3"]), matched by value however the file writes them. What is rejected:
+other encodings (Latin-1), ragged rows, a tab inside a TSV sentence, labels outside the set, an
+index 0..K-1 where the names look like numbers, label names that differ only in case, empty texts,
+a header only, an empty file, a missing file, a missing column, broken JSON, and random damage to
+the bytes.
 
 The cases tried and rejected are counted; the count is printed at the end of the module's run:
     python -m pytest -q tests/test_data_campaign.py        (or: python tests/test_data_campaign.py)
@@ -50,13 +53,13 @@ def campaign_summary(request):
         Path(os.environ["CRISP_DATA_CAMPAIGN_SUMMARY"]).write_text(json.dumps(dict(COUNTS), indent=2) + "\n")
 
 
-def try_loading(train_path: Path, **task):
+def try_loading(train_path: Path, validation: str = VALIDATION, **task):
     """Load a training file beside a good validation file: (data, None) or (None, DataError message).
 
     Any other exception escapes and fails the test; hypothesis then shrinks the file that caused it.
     """
     validation_path = train_path.parent / "validation.tsv"
-    validation_path.write_text(VALIDATION)
+    validation_path.write_text(validation)
     COUNTS["tried"] += 1
     try:
         raw = load_raw_dataset({"name": "local", "train_file": str(train_path),
@@ -144,10 +147,37 @@ def test_well_formed_files_load_exactly_as_written(extension, data, encoding, cr
     assert raw["train"]["label"] == [label for _, label in written]
 
 
+# Label names that look like numbers: matched by value, never read as indices 0..K-1.
+NUMERIC_NAMES = (["-1", "1"], ["1", "2", "3"], ["10", "20"], ["0.5", "1.5"], ["1", "0"])
+
+
+def spellings(name: str) -> list[str]:
+    """Ways a file may write the label `name`: as named, padded, and as the same number another way."""
+    number = float(name)
+    forms = [name, f" {name} ", repr(number)]
+    return forms + ([f"{int(number)}.00"] if number.is_integer() else [])
+
+
+@CAMPAIGN
+@given(extension=st.sampled_from(FORMATS), names=st.sampled_from(NUMERIC_NAMES), data=st.data())
+def test_label_names_that_look_like_numbers_load_by_value(extension, names, data):
+    written = data.draw(rows(sentences().filter(no_tab)))
+    content = render(written, extension, lambda label: data.draw(st.sampled_from(spellings(names[label]))))
+    validation = f"sentence\tlabel\nfine work\t{names[1]}\nweak work\t{names[0]}\n"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"train{extension}"
+        path.write_text(content)
+        raw, error = try_loading(path, validation, label_names=names)
+    assert error is None
+    assert raw["train"]["label"] == [label for _, label in written]
+    assert raw["train"].features["label"].names == names
+
+
 # --- Files that must be rejected, naming the file and the line -------------------------------
 
 DEFECTS = ("label outside the set", "ragged row", "latin-1 text", "empty text", "tab inside a tsv sentence",
-           "broken json", "header only", "empty file", "missing file", "missing column")
+           "broken json", "header only", "empty file", "missing file", "missing column",
+           "an index where names look like numbers", "label names that differ only in case")
 
 
 @CAMPAIGN
@@ -162,7 +192,19 @@ def test_defective_files_are_rejected_with_the_file_and_line(defect, extension, 
     row = data.draw(st.integers(0, len(written) - 1))
     sentence, label = written[row]
     expected = [f"line {line_of(row, extension)}"]
-    if defect == "label outside the set":
+    task, validation = {}, VALIDATION
+    if defect == "an index where names look like numbers":
+        names = data.draw(st.sampled_from([names for names in NUMERIC_NAMES if "0" not in names]))
+        task, validation = {"label_names": names}, f"sentence\tlabel\nfine\t{names[1]}\nweak\t{names[0]}\n"
+        written = [(text, names[label]) for text, label in written]
+        written[row] = (sentence, "0")  # index 0, not a name
+        content = render(written, extension)
+        expected = [f"data row {row + 1} (line {row + 2}" if extension != ".jsonl" else expected[0],
+                    "label '0'", "look like numbers"]
+    elif defect == "label names that differ only in case":
+        task = {"label_names": data.draw(st.sampled_from([["Negative", "negative"], ["no", "yes", "YES"]]))}
+        content, expected = render(written, extension), ["differ only in case"]
+    elif defect == "label outside the set":
         bad = data.draw(st.sampled_from(["2", "-1", "7", "0.5", "maybe", "yes", "", "1e9"]))
         expected = [f"data row {row + 1} (line {row + 2}" if extension != ".jsonl" else expected[0],
                     f"label {bad!r}", "not one of the allowed labels"]
@@ -217,7 +259,7 @@ def test_defective_files_are_rejected_with_the_file_and_line(defect, extension, 
         path = Path(folder) / f"train{extension}"
         if content is not None:
             path.write_bytes(content.encode("latin-1" if defect == "latin-1 text" else "utf-8"))
-        raw, error = try_loading(path)
+        raw, error = try_loading(path, validation, **task)
     assert error is not None, f"{defect}: loaded {raw}"
     for part in expected:
         assert part in error, (defect, part, error)
