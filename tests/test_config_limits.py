@@ -188,3 +188,9 @@ def test_label_names_must_be_told_apart_by_the_matching_rule(names, shown):
 def test_label_names_that_look_like_numbers_are_allowed():
     config = load_config([PAPER], ['tasks.sst2.label_names=["1", "2", "3"]', "tasks.sst2.metric=accuracy"])
     assert config["tasks"]["sst2"]["label_names"] == ["1", "2", "3"]
+
+
+def test_a_local_data_file_with_braces_is_rejected_naming_the_key():
+    task = "tasks.sst2={name: local, train_file: 'data/{x}.tsv', validation_file: data/dev.tsv}"
+    message = rejected(task)
+    assert "config key 'tasks.sst2.train_file'" in message and "{ or }" in message
