@@ -69,11 +69,13 @@ class ConfigLoader(yaml.SafeLoader):
 
 
 def _unique_json_object(pairs: list) -> dict:
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise ConfigError(f"the key {repeated[0]!r} is given twice in one object; keep one")
-    return dict(pairs)
+    """json's object_pairs_hook: like dict(pairs), but a key given twice is an error (json keeps the last)."""
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise ConfigError(f"the key {key!r} is given twice in one object; keep one")
+        data[key] = value
+    return data
 
 
 def merge(base: dict, override: dict) -> dict:
