@@ -194,3 +194,11 @@ def test_a_local_data_file_with_braces_is_rejected_naming_the_key():
     task = "tasks.sst2={name: local, train_file: 'data/{x}.tsv', validation_file: data/dev.tsv}"
     message = rejected(task)
     assert "config key 'tasks.sst2.train_file'" in message and "{ or }" in message
+
+
+def test_aliases_that_expand_to_a_billion_values_are_rejected_quickly(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert "more than 1,000,000 values" in rejected(files=[path])

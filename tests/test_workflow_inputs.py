@@ -157,3 +157,12 @@ def test_a_non_finite_number_in_a_configfile_is_rejected_naming_the_key(tmp_path
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "config key 'training.learning_rate'" in output and "Traceback" not in output, output[-3000:]
+
+
+def test_a_deeply_nested_configfile_is_rejected_in_one_line(tmp_path):
+    workdir = copy_repository(tmp_path / "repo")
+    (workdir / "deep.yaml").write_text("training: " + "{a: " * 200 + "1" + "}" * 200 + "\n")
+    result = run_snakemake(workdir, "--dry-run", "--configfile", SMOKE, "deep.yaml", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "deep.yaml" in output and "nested deeper than" in output and "RecursionError" not in output, output[-3000:]
