@@ -108,6 +108,29 @@ def test_the_train_tables_and_figures_commands_see_the_results_path_whole(tmp_pa
         assert f"{flag} '{HOSTILE_RESULTS[:8]}" in result.stdout, flag
 
 
+def test_a_results_path_with_shell_characters_works_through_every_stage(tmp_path):
+    workdir = copy_repository(tmp_path / "repo")
+    overlay = {
+        "results": HOSTILE_RESULTS,
+        "models": ["tiny:bert"],
+        "tasks": {
+            "sentiment": {"name": "synthetic", "synthetic": {"train_size": 64, "validation_size": 32}},
+            "pairs": None,
+        },
+        "seeds": [0],
+        "training": {"epochs": 1},
+        "experiments": {"random_sparse": None},
+        "sweeps": {"random_sweep": None},
+    }
+    name = write_overlay(workdir, overlay)
+    run_snakemake(workdir, "--cores", "2", "--configfile", SMOKE, name)
+    assert not (workdir / "pwned").exists() and not (workdir / "pwned2").exists()
+    results = workdir / HOSTILE_RESULTS
+    assert (results / "tables" / "summary.csv").is_file()
+    assert (results / "figures" / "sparsity_effects.pdf").is_file()
+    assert len(list((results / "runs").rglob("metrics.json"))) == 1  # the baseline, the only experiment left
+
+
 @pytest.mark.parametrize("results", ["res/{x}", "res/{task}", "-r"])
 def test_a_results_path_that_cannot_work_is_rejected_before_any_job(tmp_path, results):
     workdir = copy_repository(tmp_path / "repo")
