@@ -235,7 +235,8 @@ def normalise_frame(
         if bad_text.any():
             first = int(np.argmax(bad_text))
             value = text.iloc[first]
-            if isinstance(value, str) or value is None or (isinstance(value, float) and np.isnan(value)):
+            missing = value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+            if isinstance(value, str) or missing:
                 problem, fix = "an empty or missing text", "Remove or fill in those rows."
             else:
                 kind = "a list" if isinstance(value, (list, tuple, np.ndarray)) else f"a {type(value).__name__}"
