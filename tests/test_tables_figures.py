@@ -52,20 +52,27 @@ SETTINGS = {
     "tasks": TASKS,
     "models": MODELS,
     "experiments": EXPERIMENTS,
-    "statistics": {"bootstrap_resamples": 200, "bootstrap_seed": 0, "confidence": 0.95, "power": 0.8},
+    "statistics": {
+        "bootstrap_resamples": 200,
+        "bootstrap_seed": 0,
+        "confidence": 0.95,
+        "power": 0.8,
+        "target_difference": 1.0,
+    },
 }
 
 
 def correct_count(task, model, experiment, seed):
     """Each (task, model) has its own baseline level, so a comparison across pairs would show.
 
-    Only top-k on SST-2 with DistilBERT gains clearly (+12 examples on both seeds); the rest move by 0-1.
+    Only top-k on SST-2 with DistilBERT gains clearly (+12 examples on both seeds); the rest move by 0-1,
+    differently on each seed.
     """
     base = {("sst2", MODELS[0]): 40, ("sst2", MODELS[1]): 30, ("cola", MODELS[0]): 45, ("cola", MODELS[1]): 35}
     gain = {
         "dense_baseline": 0,
         "aggressive_sparse": 12 if (task, model) == ("sst2", MODELS[0]) else seed,
-        "sparsemax": 1,
+        "sparsemax": 1 - seed,
     }
     return base[(task, model)] + 2 * seed + gain[experiment]
 
@@ -239,20 +246,24 @@ def test_comparisons_stay_within_task_and_model(summary):
             ]
         )
         assert row.delta_primary_mean == pytest.approx(expected)
-        # The interval holds the mean difference; resamples and seed come from the settings.
+        # Both intervals hold the mean difference; resamples and seed come from the settings.
         assert row.delta_primary_low <= row.delta_primary_mean <= row.delta_primary_high
+        assert row.sampling_low <= row.delta_primary_mean <= row.sampling_high
         assert (row.bootstrap_resamples, row.bootstrap_seed, row.confidence) == (200, 0, 0.95)
-        assert row.paired_seeds == 2 and row.mcnemar_seeds == 2 and row.mcnemar_examples == 2 * EXAMPLES
-        assert row.paired_test == "exact sign-flip permutation, n=2"
-        assert row.power == 0.8
+        assert row.paired_seeds == 2 and row.validation_examples == EXAMPLES and row.t_df == 1
+        assert row.paired_test == "paired t-test, n=2"
+        assert row.sign_flip_test == "exact sign-flip permutation, n=2" and row.sign_flip_min_p == 0.5
+        # One family per task and model: its two experiments against that baseline.
+        assert (row.family, row.family_size) == (f"{row.task} / {row.model}", 2)
+        assert row.power == 0.8 and not row.seed_sets_differ
 
 
-def test_mcnemar_counts_pool_examples_over_seeds(summary):
+def test_mcnemar_is_one_test_per_seed(summary):
     row = summary.set_index(["task", "model", "experiment"]).loc[("sst2", MODELS[0], "aggressive_sparse")]
-    # Nested predictions: 12 examples gained on each seed, none lost.
-    assert (row["mcnemar_gained"], row["mcnemar_lost"]) == (24, 0)
-    assert row["mcnemar_p_value"] == pytest.approx(2 / 2**24)
-    assert row["significant"]
+    # Nested predictions: 12 examples gained on each seed, none lost; each seed tested on its own.
+    assert (row["mcnemar_gained_per_seed"], row["mcnemar_lost_per_seed"]) == ("12 12", "0 0")
+    assert row["mcnemar_rejecting_seeds"] == 2
+    assert row["mcnemar_p_min"] == row["mcnemar_p_max"] == pytest.approx(2 / 2**12)
 
 
 def test_minimum_detectable_difference_from_seed_spread(summary):
@@ -268,10 +279,12 @@ def test_note_says_which_differences_are_significant(matrix, summary):
     assert list(zip(significant["task"], significant["model"], significant["experiment"])) == [
         ("sst2", MODELS[0], "aggressive_sparse")
     ]
-    assert "Significant differences to the baseline (95 % interval excludes 0), 1 of 8 comparisons" in markdown
+    assert "Significant at 5 % after Holm's correction, 1 of 8 comparisons" in markdown
     assert "aggressive_sparse on sst2 / distilbert-base-uncased (accuracy higher by 20.00 pt" in markdown
+    assert "within the family of one task × model" in markdown and "Benjamini–Hochberg" in markdown
+    assert "test-set sampling" in markdown and "never pooled over seeds" in markdown
     assert "200 resamples, seed 0" in markdown and "15 equal-width confidence bins" in markdown
-    assert "80 % power" in markdown
+    assert "80 % power" in markdown and "With 2 seeds (smallest p 0.5) the sign-flip test cannot reject" in markdown
     assert "+20.00 [" in markdown  # the difference with its interval, in points
     assert "Matthews correlation" in markdown
 

@@ -3,7 +3,7 @@ rule figures:
     input:
         tables=TABLES,
         runs=RUN_OUTPUTS,
-        code=crisp_sources("figures", "tables", "runs", "metrics"),
+        code=crisp_sources("figures", "tables", "pooling", "stats", "runs", "metrics"),
     output:
         [figure_report(name) for name in FIGURES],
         [f"{R}/figures/{name}.pdf" for name in FIGURES],

@@ -4,7 +4,7 @@ rule tables:
     input:
         runs=RUN_OUTPUTS,
         flops=FLOPS,
-        code=crisp_sources("tables", "runs", "stats", "metrics", "flops"),
+        code=crisp_sources("tables", "runs", "stats", "pooling", "metrics", "flops"),
     output:
         TABLES,
     log:
