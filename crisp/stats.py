@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from crisp.metrics import check_metric, class_count, primary_metric
+from crisp.metrics import check_metric, class_count
 
 # Exact enumeration of 2**n sign assignments stays small (about 20 MB) up to this many seeds.
 EXACT_SIGN_FLIP_MAX_SEEDS = 20
@@ -121,6 +121,8 @@ def bh_q_values(p_values: Sequence[float], alpha: float = 0.05) -> np.ndarray:
 
 
 def _multipletests(p_values, alpha: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+    import gc
+
     from statsmodels.stats.multitest import multipletests
 
     p_values = np.asarray(p_values, dtype=float)
@@ -128,7 +130,13 @@ def _multipletests(p_values, alpha: float, method: str) -> tuple[np.ndarray, np.
     adjusted = np.full(len(p_values), np.nan)
     tested = ~np.isnan(p_values)
     if tested.any():
-        rejected[tested], adjusted[tested], *_ = multipletests(p_values[tested], alpha=alpha, method=method)
+        # statsmodels' Holm branch calls gc.collect(), which walks every live object (the tables stage
+        # holds every run's predictions): frozen objects are skipped, so each family costs microseconds.
+        gc.freeze()
+        try:
+            rejected[tested], adjusted[tested], *_ = multipletests(p_values[tested], alpha=alpha, method=method)
+        finally:
+            gc.unfreeze()
     return rejected, adjusted
 
 
@@ -223,8 +231,6 @@ def paired_bootstrap(
     if any(np.min(values) < 0 or np.max(values) >= num_classes for values in (labels, *arms)):
         raise ValueError(f"labels and predictions must be class indices 0..{num_classes - 1}.")
     labels, arms = labels.astype(np.int64), [predictions.astype(np.int64) for predictions in arms]
-    full_sample = [primary_metric(metric, labels, predictions, num_classes) for predictions in arms]
-    mean_difference = float(np.mean(np.subtract(full_sample[seeds:], full_sample[:seeds])))
 
     # cells[j, a * K*K + t*K + p] = 1 when example j has label t and arm a predicts p, so that
     # (how often each example is drawn) @ cells = every arm's confusion counts in one product.
@@ -233,6 +239,9 @@ def paired_bootstrap(
     cell_codes = cell_codes + np.arange(len(arms)) * num_classes**2
     cells = np.zeros((examples, len(arms) * num_classes**2))
     np.put_along_axis(cells, cell_codes, 1.0, axis=1)
+    # The full validation set is the draw that takes every example once.
+    full_sample = metric_from_confusion(metric, cells.sum(axis=0).reshape(len(arms), num_classes, num_classes))
+    mean_difference = float(np.mean(full_sample[seeds:] - full_sample[:seeds]))
 
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CHUNK_CELLS // examples)
