@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from crisp import figures, tables
+from crisp import pooling as crisp_pooling
 from crisp.errors import RunFormatError
 from crisp.flops import Architecture, profile_experiment
 from crisp.layout import model_slug
@@ -476,3 +477,81 @@ def test_tables_figures_and_flops_reports_load_no_ml_library():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_pooled_table_combines_an_experiment_over_tasks_and_models(matrix):
+    *_, tables_dir, _ = matrix
+    pooled = pd.read_csv(tables_dir / "pooled.csv").set_index("experiment")
+    assert list(pooled.columns) == [column for column in crisp_pooling.POOLED_COLUMNS if column != "experiment"]
+    # Accuracy (SST-2) and MCC (CoLA) differ, so effects are standardised; the SST-2 / DistilBERT top-k
+    # group has the same difference on both seeds (no spread) and is left out, and said so.
+    assert set(pooled.index) == {"aggressive_sparse", "sparsemax"}
+    assert (pooled["scale"] == crisp_pooling.STANDARDISED).all()
+    assert pooled.loc["aggressive_sparse", "groups"] == 3 and pooled.loc["sparsemax", "groups"] == 4
+    assert pooled.loc["aggressive_sparse", "groups_left_out"] == "sst2 / distilbert-base-uncased"
+    summary = pd.read_csv(tables_dir / "summary.csv")
+    usable = summary[(summary["experiment"] == "sparsemax") & summary["t_p_value"].notna()]
+    d = usable["delta_primary_mean"] / usable["delta_primary_std"]
+    n = usable["paired_seeds"]
+    expected = tables.stats.random_effects(d, 1 / n + d**2 / (2 * n))
+    assert pooled.loc["sparsemax", "effect"] == pytest.approx(expected["effect"])
+    assert pooled.loc["sparsemax", "low"] < pooled.loc["sparsemax", "effect"] < pooled.loc["sparsemax", "high"]
+    markdown = (tables_dir / "pooled.md").read_text()
+    assert "Paule–Mandel" in markdown and "standardised, d_z" in markdown and "Prediction interval" in markdown
+
+
+def test_seed_planner_and_detectable_difference_in_the_summary(summary):
+    compared = summary[summary["t_p_value"].notna()]
+    for row in compared.itertuples():
+        level = (1 - row.confidence) / row.family_size
+        assert row.minimum_detectable_difference == pytest.approx(
+            tables.stats.detectable_effect_size(row.paired_seeds, level, 0.8) * row.delta_primary_std
+        )
+        assert row.target_difference == 1.0
+        assert row.seeds_needed == tables.stats.seeds_needed(row.delta_primary_std, 0.01, level, 0.8)
+
+
+def test_crisp_plan_prints_the_seeds_needed(matrix, capsys):
+    from crisp.cli import main
+
+    *_, tables_dir, _ = matrix
+    assert main(["plan", "--tables", str(tables_dir), "--target", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "seeds for 5 pt at 80 % power" in printed and "aggressive_sparse" in printed
+    summary = pd.read_csv(tables_dir / "summary.csv")
+    row = summary[(summary["task"] == "cola") & (summary["experiment"] == "sparsemax")].iloc[0]
+    needed = tables.stats.seeds_needed(row["delta_primary_std"], 0.05, 0.05 / 2, 0.8)
+    assert f"| {needed:.0f} " in printed
+
+
+def test_metric_vs_sparsity_places_points_at_the_measured_sparsity(monkeypatch):
+    """block_topk at 80 % on 13-token sentences keeps every key: it is drawn at 0 %, not at 80 %."""
+    base = {"task": "sst2", "dataset": "glue/sst2", "model": "tiny:bert", "metric": "accuracy", "confidence": 0.95}
+    rows = [
+        {**base, "experiment": "dense_baseline", "pattern": "dense", "sparsity": 0.0, "measured_sparsity": 0.0},
+        {**base, "experiment": "topk_80", "pattern": "topk", "sparsity": 0.8, "measured_sparsity": 0.77},
+        {**base, "experiment": "block_80", "pattern": "block_topk", "sparsity": 0.8, "measured_sparsity": 0.0},
+    ]
+    summary = pd.DataFrame(rows).assign(
+        apply="train_and_eval",
+        attention_dropout=np.nan,
+        primary_mean=[0.9, 0.91, 0.9],
+        delta_primary_low=[np.nan, -0.01, -0.01],
+        delta_primary_high=[np.nan, 0.03, 0.01],
+    )
+    runs = pd.DataFrame({"experiment": ["dense_baseline"], "primary": [0.9]})
+    figure = figures.plot_metric_vs_sparsity(summary, runs, "dense_baseline")
+    lines = {line.get_label(): line.get_xdata() for line in figure.axes[0].lines}
+    assert list(lines["topk (mean over seeds)"]) == pytest.approx([77.0])
+    assert list(lines["block_topk (mean over seeds)"]) == pytest.approx([0.0])
+    assert figures.sparsity_label(summary.iloc[2]) == "80 % set, 0 % measured"
+
+
+def test_sparsity_effects_ends_with_the_pooled_rows(matrix, summary):
+    *_, tables_dir, _ = matrix
+    pooled = pd.read_csv(tables_dir / "pooled.csv")
+    figure = figures.plot_sparsity_effects(summary, pd.read_csv(tables_dir / "runs.csv"), "dense_baseline", pooled)
+    bottom = figure.axes[1]
+    labels = [label.get_text() for label in bottom.get_yticklabels()]
+    assert labels == ["aggressive_sparse (3 groups, I² 0 %)", "sparsemax (4 groups, I² 0 %)"]
+    assert "standardised" in bottom.get_xlabel()
