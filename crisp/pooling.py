@@ -153,13 +153,13 @@ def plan_table(summary: pd.DataFrame, target: float | None = None, power: float 
         needed = (
             stats.seeds_needed(row.delta_primary_std, wanted / 100, level, at_power) if pd.notna(wanted) else np.nan
         )
-        detectable = stats.detectable_effect_size(row.paired_seeds, level, at_power) * row.delta_primary_std
+        detectable = stats.detectable_effect_size(int(row.paired_seeds), level, at_power) * row.delta_primary_std
         rows.append(
             {
                 "task": row.task,
                 "model": row.model,
                 "experiment": row.experiment,
-                "paired seeds": row.paired_seeds,
+                "paired seeds": int(row.paired_seeds),
                 "sd of differences (pt)": f"{row.delta_primary_std * 100:.2f}",
                 "level": f"{level:.3g}",
                 "MDD now (pt)": f"{detectable * 100:.2f}",

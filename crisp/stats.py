@@ -69,7 +69,7 @@ def sign_flip_test(differences: Iterable[float]) -> tuple[float, str]:
 
 def sign_flip_minimum_p(n: int) -> float:
     """The smallest p-value the two-sided sign-flip test can give with n seeds: 2 / 2**n (all
-    differences of one sign). Below the test's level the test cannot reject at all."""
+    differences of one sign). When it is above the test's level, the test cannot reject at all."""
     return min(1.0, 2.0 / 2**n) if n > 0 else float("nan")
 
 
