@@ -6,6 +6,7 @@
     crisp flops    FLOP account of one model            -> results/flops/<model>/<experiment>.json
     crisp tables   aggregate runs and FLOPs             -> results/tables/
     crisp figures  draw the figures                     -> results/figures/
+    crisp plan     seeds each comparison needs to detect a target difference (from results/tables/)
     crisp bench    speed and memory, as ratios measured side by side
 
 A stage reads exactly its settings (crisp.settings): the Snakemake rules pass them as JSON on
@@ -150,6 +151,29 @@ def cmd_figures(args) -> None:
     print(f"Wrote figures to {args.out}")
 
 
+def cmd_plan(args) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from crisp.errors import RunFormatError
+    from crisp.pooling import plan_table
+
+    path = Path(args.tables) / "summary.csv"
+    if not path.is_file():
+        raise RunFormatError(f"{path}: no such file; run `crisp tables` (or the workflow's tables rule) first.")
+    table = plan_table(pd.read_csv(path), target=args.target, power=args.power)
+    if table.empty:
+        print(f"{path}: no comparison with two or more paired seeds to plan from.")
+        return
+    print(table.to_markdown(index=False, disable_numparse=True))
+    print(
+        "\nSeeds needed: the fewest with which the paired t-test over seeds detects the target difference at "
+        "this power, at level (1 - confidence) / family size (Holm's strictest step), if the per-seed "
+        "differences spread as they did here (exact noncentral t)."
+    )
+
+
 def cmd_bench(args) -> None:
     from crisp.bench import main as bench_main
 
@@ -210,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--runs", nargs="+", required=True, help="run folders")
     figures.add_argument("--out", required=True, help="folder for the figures")
     figures.set_defaults(run=cmd_figures)
+
+    plan = commands.add_parser("plan", help="seeds each comparison needs to detect a target difference")
+    plan.add_argument("--tables", required=True, help="folder written by `crisp tables` (reads summary.csv)")
+    plan.add_argument(
+        "--target", type=float, help="difference to detect, in points of the primary metric (default: the summary's)"
+    )
+    plan.add_argument("--power", type=float, help="power to detect it with (default: the summary's)")
+    plan.set_defaults(run=cmd_plan)
 
     bench = commands.add_parser(
         "bench", help="attention, training-step and throughput benchmarks, as ratios in one run"

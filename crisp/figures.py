@@ -1,8 +1,10 @@
 """Figures of the report, drawn from results/tables/ and the run folders.
 
     sparsity_effects                      every task x model: each experiment's difference to its baseline
-                                          on the primary metric (bootstrap interval, per-seed differences)
-    <task>/<model>/metric_vs_sparsity     primary metric against sparsity, one line per pattern, controls apart
+                                          on the primary metric (paired t interval over seeds, per-seed
+                                          differences), and at the bottom each experiment pooled over them
+    <task>/<model>/metric_vs_sparsity     primary metric against measured sparsity, one line per pattern,
+                                          controls apart
     <task>/<model>/validation_loss_curves validation (and train) loss during fine-tuning
     <task>/<model>/loss_gap               validation loss - final train loss per experiment
     <task>/<model>/attention_maps         last-layer attention, baseline vs the most sparse experiment
@@ -87,6 +89,25 @@ def effective_sparsity(row) -> float:
     return 1 - float(kept) if pd.notna(kept) else np.nan
 
 
+def measured_sparsity(row) -> float:
+    """Sparsity as realised on the validation set, 1 - mean kept fraction (summary.csv's
+    measured_sparsity); the configured sparsity where nothing was measured."""
+    measured = row.get("measured_sparsity")
+    if measured is None or pd.isna(measured):
+        kept = row.get("kept_fraction_mean")
+        measured = 1 - kept if kept is not None and pd.notna(kept) else np.nan
+    return float(measured) if pd.notna(measured) else effective_sparsity(row)
+
+
+def sparsity_label(row) -> str:
+    """'80 % set, 77 % measured'; adaptive patterns have only the measured one."""
+    measured = measured_sparsity(row)
+    measured_text = "?" if np.isnan(measured) else f"{measured * 100:.0f} %"
+    if pd.isna(row["sparsity"]):
+        return f"{measured_text} measured"
+    return f"{row['sparsity'] * 100:.0f} % set, {measured_text} measured"
+
+
 def is_control(row) -> bool:
     """Controls are not points of a sparsity curve: training-only sparsity and attention dropout."""
     return row["apply"] == "train" or (pd.notna(row["attention_dropout"]) and row["attention_dropout"] > 0)
@@ -132,18 +153,28 @@ def seed_differences(runs: pd.DataFrame, row, baseline: str) -> np.ndarray:
     return (experiment.loc[seeds] - reference.loc[seeds]).to_numpy()
 
 
-def plot_sparsity_effects(summary: pd.DataFrame, runs: pd.DataFrame, baseline: str) -> Figure:
-    """Forest plot: point = mean difference, bar = bootstrap interval, dots = single seeds (x 100)."""
+def plot_sparsity_effects(
+    summary: pd.DataFrame, runs: pd.DataFrame, baseline: str, pooled: pd.DataFrame | None = None
+) -> Figure:
+    """Forest plot: point = mean difference over seeds, bar = paired t interval (filled: significant
+    after Holm), dots = single seeds (x 100); at the bottom, each experiment pooled over tasks and
+    models (random effects: diamond and interval, thin line the prediction interval)."""
     from matplotlib.lines import Line2D
 
     from crisp.metrics import metric_label
+    from crisp.pooling import POINTS
     from crisp.tables import PAPER_REPORTED, paper_applies
 
     compared = summary.dropna(subset=["delta_primary_mean"])
     groups = list(compared.groupby(["task", "model_slug"], sort=False))
     rows = len(compared) + len(groups)
-    figure = new_figure(figsize=(8, 1.6 + 0.32 * rows))
-    axes = figure.subplots()
+    pooled = pooled.dropna(subset=["effect"]) if pooled is not None else pd.DataFrame()
+    pooled_rows = len(pooled) + 1 if len(pooled) else 0
+    figure = new_figure(figsize=(8, 1.8 + 0.32 * (rows + pooled_rows)))
+    if pooled_rows:
+        axes, pooled_axes = figure.subplots(2, 1, height_ratios=[rows, pooled_rows + 1.5])
+    else:
+        axes, pooled_axes = figure.subplots(), None
     colors = colors_of(compared["pattern"])
     jitter = np.random.default_rng(0)  # spreads seeds vertically so equal differences stay visible
     position, ticks, labels = rows, [], []
@@ -170,12 +201,13 @@ def plot_sparsity_effects(summary: pd.DataFrame, runs: pd.DataFrame, baseline: s
                 alpha=0.45,
                 zorder=2,
             )
-            low, high = row["delta_primary_low"] * 100, row["delta_primary_high"] * 100
             mean = row["delta_primary_mean"] * 100
+            low, high = row["delta_primary_low"] * 100, row["delta_primary_high"] * 100
+            xerr = None if np.isnan(low) else [[mean - low], [high - mean]]  # no interval from one seed
             axes.errorbar(
                 mean,
                 position,
-                xerr=[[mean - low], [high - mean]],
+                xerr=xerr,
                 fmt="o",
                 color=color,
                 capsize=3,
@@ -190,9 +222,8 @@ def plot_sparsity_effects(summary: pd.DataFrame, runs: pd.DataFrame, baseline: s
                 axes.scatter(
                     PAPER_REPORTED[1][2] - PAPER_REPORTED[0][2], position, marker="*", s=120, color="black", zorder=4
                 )
-            sparsity = effective_sparsity(row)
             ticks.append(position)
-            labels.append(f"{row['experiment']} ({'?' if np.isnan(sparsity) else f'{sparsity * 100:.0f} %'})")
+            labels.append(f"{row['experiment']} ({sparsity_label(row)})")
             position -= 1
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_yticks(ticks, labels, fontsize=7)
@@ -203,15 +234,72 @@ def plot_sparsity_effects(summary: pd.DataFrame, runs: pd.DataFrame, baseline: s
     axes.grid(axis="x", alpha=0.3)
     handles = [
         Line2D(
-            [], [], color="grey", marker="o", label=f"mean difference, {level} paired bootstrap CI (filled: excludes 0)"
+            [],
+            [],
+            color="grey",
+            marker="o",
+            label=f"mean over seeds, {level} paired t CI (filled: significant after Holm)",
         ),
         Line2D([], [], color="grey", marker="o", linestyle="", alpha=0.45, markersize=3, label="single seeds"),
         *[Line2D([], [], color=color, linewidth=4, label=pattern) for pattern, color in colors.items()],
     ]
     if any(paper_applies(row.dataset, row.model) for row in compared.itertuples()):
         handles.append(Line2D([], [], color="black", marker="*", linestyle="", label="paper: +0.97 pt (single runs)"))
+    if pooled_axes is not None:
+        plot_pooled_rows(pooled_axes, pooled, colors)
+        handles.append(
+            Line2D([], [], color="black", marker="D", label="pooled (random effects), CI; thin: prediction interval")
+        )
+        if pooled["scale"].iloc[0] == POINTS:
+            pooled_axes.set_xlim(axes.get_xlim())
     axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return figure
+
+
+def plot_pooled_rows(axes, pooled: pd.DataFrame, colors: dict) -> None:
+    """The bottom rows of sparsity_effects: one per pooled experiment (pooling's table)."""
+    from crisp.metrics import metric_label
+    from crisp.pooling import POINTS
+
+    points = pooled["scale"].iloc[0] == POINTS
+    scale = 100 if points else 1
+    position = len(pooled)
+    axes.text(
+        0.01,
+        position + 1,
+        "pooled over tasks × models (random effects)",
+        transform=axes.get_yaxis_transform(),
+        fontsize=8,
+        weight="bold",
+        va="center",
+    )
+    ticks, labels = [], []
+    for row in pooled.itertuples():
+        color = colors.get(row.pattern, "black")
+        if pd.notna(row.prediction_low):
+            axes.plot([row.prediction_low * scale, row.prediction_high * scale], [position] * 2, color=color, lw=0.8)
+        effect = row.effect * scale
+        axes.errorbar(
+            effect,
+            position,
+            xerr=[[effect - row.low * scale], [row.high * scale - effect]],
+            fmt="D",
+            color=color,
+            capsize=3,
+            markersize=6,
+            zorder=3,
+        )
+        ticks.append(position)
+        labels.append(f"{row.experiment} ({row.groups} groups, I² {row.i2 * 100:.0f} %)")
+        position -= 1
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_yticks(ticks, labels, fontsize=7)
+    axes.set_ylim(position + 0.5, len(pooled) + 1.5)
+    axes.grid(axis="x", alpha=0.3)
+    if points:
+        axes.set_xlabel(f"pooled difference ({metric_label(pooled['metric'].iloc[0])}, ×100)")
+    else:
+        axes.set_xlabel("pooled standardised difference d_z (mean / sd of the per-seed differences)")
 
 
 # ---------------------------------------------------------------- metric_vs_sparsity
@@ -224,7 +312,9 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline:
     figure = new_figure(figsize=(7.5, 4.6))
     axes = figure.subplots()
     first = summary.iloc[0]
-    points = summary.assign(x=[effective_sparsity(row) * 100 for _, row in summary.iterrows()])
+    # Placed where the sparsity was measured on the validation set, not where it was configured: block
+    # top-k on short inputs and top-k's rounding at small n keep more keys than the setting says.
+    points = summary.assign(x=[measured_sparsity(row) * 100 for _, row in summary.iterrows()])
     reference = points[points["experiment"] == baseline]
     jitter = np.random.default_rng(0)
 
@@ -245,7 +335,7 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline:
     for pattern, group in curves.groupby("pattern", sort=False):
         group = group.sort_values("x")
         color = colors[pattern]
-        # Where the experiment lies given the baseline: baseline mean + bootstrap CI of the difference.
+        # Where the experiment lies given the baseline: baseline mean + paired t CI of the difference.
         low = base_mean + group["delta_primary_low"] * 100
         high = base_mean + group["delta_primary_high"] * 100
         mean = group["primary_mean"] * 100
@@ -292,8 +382,12 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline:
             label="paper (single runs, 832 of 872 examples)",
         )
     level = summary["confidence"].dropna()
-    band = f"{level.iloc[0] * 100:g} % bootstrap CI of the difference to {baseline}" if len(level) else "no interval"
-    axes.set_xlabel("attention sparsity (% of keys masked per query; adaptive: measured)")
+    band = (
+        f"{level.iloc[0] * 100:g} % paired t CI (over seeds) of the difference to {baseline}"
+        if len(level)
+        else "no interval"
+    )
+    axes.set_xlabel("attention sparsity measured on the validation set (% of keys masked per query: 1 − kept fraction)")
     axes.set_ylabel(f"validation {metric_label(first['metric'])} (×100)")
     axes.set_title(
         f"{first['task']} · {first['model']}: {metric_label(first['metric'])} vs sparsity\n"
@@ -678,8 +772,10 @@ def write_figures(
         run_folders[(metrics["task"], metrics["model_slug"], metrics["experiment"], int(metrics["seed"]))] = run_dir
 
     paths = []
+    pooled_path = tables_dir / "pooled.csv"
+    pooled = pd.read_csv(pooled_path) if pooled_path.is_file() else None
     if summary["delta_primary_mean"].notna().any():
-        figure = plot_sparsity_effects(summary, runs, baseline)
+        figure = plot_sparsity_effects(summary, runs, baseline, pooled)
     else:
         figure = placeholder_figure(
             "Sparsity effects", f"No experiment shares a seed with {baseline} in its task and model."

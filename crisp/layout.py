@@ -26,7 +26,16 @@ BUNDLED_TOKENIZER = "bundled:minilm"
 
 # In the order crisp.runs writes them: metrics.json last, so its presence means the run is complete.
 RUN_FILES = ("attention.json", "history.csv", "predictions.csv", "metrics.json")
-TABLES = ("runs.csv", "summary.csv", "summary.md", "summary.tex", "flops.csv", "flops.md")
+TABLES = (
+    "runs.csv",
+    "summary.csv",
+    "summary.md",
+    "summary.tex",
+    "pooled.csv",
+    "pooled.md",
+    "flops.csv",
+    "flops.md",
+)
 # The figure that answers the question, over every task and model.
 OVERVIEW_FIGURES = ("sparsity_effects",)
 # Drawn once per (task, model).

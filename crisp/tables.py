@@ -3,17 +3,20 @@
     runs.csv       one row per run (task, model, experiment, seed): crisp.runs.collect_runs
     summary.csv    one row per (task, model, experiment): mean and sample std over seeds of the task's
                    primary metric and the diagnostics, and the comparison with the baseline of the
-                   same task and model (bootstrap interval, paired tests, minimum detectable difference)
+                   same task and model over their shared seeds (paired t-test with Holm's correction
+                   per task x model and BH across the run, sign-flip test, bootstrap interval from
+                   test-set sampling, McNemar per seed, detectable difference, seeds needed)
     summary.md     the summary for people (GitHub markdown), with a note saying which differences are
                    significant
     summary.tex    a compact summary for a paper (LaTeX, booktabs)
+    pooled.csv/md  per experiment, a random-effects meta-analysis over (task, model) groups (crisp.pooling)
     flops.csv      FLOPs per encoder layer, long format, one block per (model, experiment)
     flops.md       FLOP reduction in % per model, experiment and sequence length, three views
 
-Reading run folders belongs to crisp.runs, the statistics to crisp.stats and the metrics to
-crisp.metrics; this module only arranges their results. Metrics are fractions (0-1) in the CSV files,
-as in metrics.json; the markdown and LaTeX tables show them x 100 (points). `write_tables` is the
-entry point of `crisp tables`.
+Reading run folders belongs to crisp.runs, the comparisons to crisp.comparisons, the statistics to
+crisp.stats and crisp.pooling and the metrics to crisp.metrics; this module only arranges their
+results. Metrics are fractions (0-1) in the CSV files, as in metrics.json; the markdown and LaTeX
+tables show them x 100 (points). `write_tables` is the entry point of `crisp tables`.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from crisp import stats
+from crisp.comparisons import add_verdicts, compare_to_baseline, shared_seeds
 from crisp.errors import ConfigError, RunFormatError
 from crisp.metrics import CALIBRATION_BINS, metric_label, primary_metric
+from crisp.pooling import pooled_effects, write_pooled_markdown
 from crisp.runs import collect_runs, read_metrics, read_predictions, run_row
-from crisp.stats import mcnemar_exact_p_value, minimum_detectable_difference, paired_bootstrap, sign_flip_test
 
 # What arXiv 2508.06016 reports for DistilBERT on GLUE SST-2: (experiment, attention sparsity,
 # validation accuracy in %). Both numbers are k/832 (754 and 762), not k/872: the paper's evaluation
@@ -76,47 +81,72 @@ IDENTITY_COLUMNS = [
 ]
 COMPARISON_COLUMNS = [
     "baseline",
+    # Every number of a comparison, the experiment's means and stds included, comes from the seeds
+    # that both arms share; seeds of either arm without a partner are listed, not used.
     "paired_seeds",
-    # Paired bootstrap over validation examples, seeds matched (crisp.stats.paired_bootstrap).
+    "seed_sets_differ",
+    "unpaired_seeds",
+    "baseline_primary_mean",
+    # The verdict: paired t-test on the per-seed differences of the primary metric (df = paired_seeds - 1),
+    # its interval, Holm's correction within the family (one task x model), and a BH q over the whole run.
     "delta_primary_mean",
+    "delta_primary_std",
     "delta_primary_low",
     "delta_primary_high",
     "confidence",
+    "paired_test",
+    "t_statistic",
+    "t_df",
+    "t_p_value",
+    "family",
+    "family_size",
+    "holm_p_value",
+    "bh_q_value",
+    "significant",
+    # Exact sign-flip permutation test over the same seed-paired differences (Monte Carlo beyond 20 seeds).
+    "sign_flip_test",
+    "sign_flip_p_value",
+    "sign_flip_min_p",
+    # Test-set sampling, given the trained models: paired bootstrap over validation examples, seeds matched.
+    "sampling_low",
+    "sampling_high",
     "bootstrap_resamples",
     "bootstrap_seed",
-    "significant",
-    # Sign-flip permutation test over the seed-paired differences of the primary metric.
-    "paired_test",
-    "paired_p_value",
-    # McNemar on per-example correctness pooled over seeds: "gained" = the baseline was wrong and this
-    # experiment right on the same example and seed; "lost" = the reverse.
-    "mcnemar_seeds",
-    "mcnemar_examples",
-    "mcnemar_gained",
-    "mcnemar_lost",
-    "mcnemar_p_value",
-    # The smallest true difference the seeds' spread lets the design detect at this power.
+    # One exact McNemar test per paired seed (that seed's two models), never pooled over seeds: "gained" =
+    # the baseline wrong and the experiment right on an example, "lost" the reverse, per seed.
+    "validation_examples",
+    "mcnemar_gained_per_seed",
+    "mcnemar_lost_per_seed",
+    "mcnemar_rejecting_seeds",
+    "mcnemar_p_min",
+    "mcnemar_p_max",
+    # The design: what the paired t-test detects with these seeds' spread, and the seeds it would need
+    # for target_difference, both at level alpha / family_size (Holm's strictest step) and this power.
     "minimum_detectable_difference",
     "power",
+    "target_difference",
+    "seeds_needed",
 ]
 SUMMARY_COLUMNS = [
     *IDENTITY_COLUMNS,
     "n_seeds",
     "seeds",
     "metric",
+    "measured_sparsity",
     *[f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std")],
     *COMPARISON_COLUMNS,
 ]
 COUNT_COLUMNS = [
     "n_seeds",
     "paired_seeds",
-    "mcnemar_seeds",
-    "mcnemar_examples",
-    "mcnemar_gained",
-    "mcnemar_lost",
+    "t_df",
+    "family_size",
+    "validation_examples",
+    "mcnemar_rejecting_seeds",
     "bootstrap_resamples",
     "bootstrap_seed",
 ]
+BOOLEAN_COLUMNS = ["seed_sets_differ", "significant"]
 
 FLOPS_VIEWS = {
     "as_executed": "As executed, whole layer (%)",
@@ -182,100 +212,14 @@ def experiment_order(runs: pd.DataFrame, baseline: str) -> list[str]:
     return ordered["experiment"].tolist()
 
 
-# ---------------------------------------------------------------- comparisons
-
-
-def paired_examples(baseline: pd.DataFrame, experiment: pd.DataFrame, where: str) -> pd.DataFrame:
-    """The experiment's predictions in the baseline's example order; refuses different examples."""
-    if set(baseline.index) != set(experiment.index):
-        raise RunFormatError(
-            f"{where}: the two runs predicted different validation examples; pair only runs of one task."
-        )
-    experiment = experiment.loc[baseline.index]
-    if not (baseline["label"].to_numpy() == experiment["label"].to_numpy()).all():
-        raise RunFormatError(f"{where}: the same example index has different labels; the runs used different data.")
-    return experiment
-
-
-def compare_to_baseline(runs: pd.DataFrame, baseline_runs: pd.DataFrame, predictions: dict, statistics: dict) -> dict:
-    """Bootstrap interval, sign-flip and McNemar tests and detectable difference for one experiment."""
-    task, model_slug, experiment, baseline = (
-        runs["task"].iloc[0],
-        runs["model_slug"].iloc[0],
-        runs["experiment"].iloc[0],
-        baseline_runs["experiment"].iloc[0],
-    )
-    seeds = sorted(set(runs["seed"]) & set(baseline_runs["seed"]))
-    result = {"baseline": baseline, "paired_seeds": len(seeds), "power": statistics["power"]}
-    if not seeds:
-        result["paired_test"] = f"no seed shared with {baseline}"
-        return result
-
-    metric = runs["metric"].iloc[0]
-    baseline_predictions, experiment_predictions, gained, lost, examples = [], [], 0, 0, 0
-    for seed in seeds:
-        base = predictions[(task, model_slug, baseline, seed)]
-        other = paired_examples(
-            base,
-            predictions[(task, model_slug, experiment, seed)],
-            f"predictions of {task}/{model_slug}/{experiment} vs {baseline}, seed {seed}",
-        )
-        if baseline_predictions and not (
-            np.array_equal(base.index, baseline_predictions[0].index)
-            and np.array_equal(base["label"].to_numpy(), baseline_predictions[0]["label"].to_numpy())
-        ):
-            raise RunFormatError(
-                f"{task}/{model_slug}/{baseline}: seeds {seeds[0]} and {seed} list different examples (or labels) "
-                "under the same index; every run must write predictions.csv in validation-set order."
-            )
-        baseline_predictions.append(base)
-        experiment_predictions.append(other)
-        base_right = base["prediction"].to_numpy() == base["label"].to_numpy()
-        other_right = other["prediction"].to_numpy() == other["label"].to_numpy()
-        gained += int((~base_right & other_right).sum())
-        lost += int((base_right & ~other_right).sum())
-        examples += len(base)
-
-    interval = paired_bootstrap(
-        baseline_predictions[0]["label"].to_numpy(),
-        [frame["prediction"].to_numpy() for frame in baseline_predictions],
-        [frame["prediction"].to_numpy() for frame in experiment_predictions],
-        metric,
-        resamples=statistics["bootstrap_resamples"],
-        seed=statistics["bootstrap_seed"],
-        confidence=statistics["confidence"],
-        num_classes=sum(column.startswith("prob_") for column in baseline_predictions[0].columns),
-    )
-    result.update(
-        delta_primary_mean=interval["mean_difference"],
-        delta_primary_low=interval["low"],
-        delta_primary_high=interval["high"],
-        confidence=interval["confidence"],
-        bootstrap_resamples=interval["resamples"],
-        bootstrap_seed=interval["seed"],
-        significant=bool(interval["low"] > 0 or interval["high"] < 0),
-    )
-    differences = runs.set_index("seed").loc[seeds, "primary"] - baseline_runs.set_index("seed").loc[seeds, "primary"]
-    result["paired_p_value"], result["paired_test"] = sign_flip_test(differences.to_numpy())
-    # McNemar pools every (seed, example) pair; it ignores that seeds share examples, so read it as a
-    # per-example view next to the seed-level test, not as a replacement.
-    result.update(
-        mcnemar_seeds=len(seeds),
-        mcnemar_examples=examples,
-        mcnemar_gained=gained,
-        mcnemar_lost=lost,
-        mcnemar_p_value=mcnemar_exact_p_value(gained, lost),
-    )
-    if len(seeds) >= 2:  # a spread needs two seeds
-        result["minimum_detectable_difference"] = minimum_detectable_difference(
-            differences.to_numpy(), alpha=1 - statistics["confidence"], power=statistics["power"]
-        )
-    return result
-
-
 def summarize(runs: pd.DataFrame, predictions: dict, settings: dict) -> pd.DataFrame:
-    """summary.csv: one row per (task, model, experiment); comparisons stay within a task and model."""
+    """summary.csv: one row per (task, model, experiment); comparisons stay within a task and model.
+
+    An experiment compared with its baseline is summarised over the seeds the two share, so that its
+    means, stds, difference and tests describe the same runs; the baseline's row uses all its seeds.
+    """
     baseline = settings["baseline"]
+    statistics = settings["statistics"]
     if baseline not in set(runs["experiment"]):
         raise ConfigError(
             f"baseline: experiment '{baseline}' is not among the runs ({', '.join(sorted(set(runs['experiment'])))}); "
@@ -288,20 +232,25 @@ def summarize(runs: pd.DataFrame, predictions: dict, settings: dict) -> pd.DataF
             group = pair[pair["experiment"] == experiment]
             first = group.iloc[0]
             row = {column: first[column] for column in IDENTITY_COLUMNS}
+            comparison = {}
+            if experiment == baseline:
+                comparison = {"baseline": baseline, "paired_test": "baseline"}
+            elif baseline_runs.empty:
+                comparison = {"baseline": baseline, "paired_test": f"no {baseline} runs for {task} / {first['model']}"}
+            else:
+                comparison = compare_to_baseline(group, baseline_runs, predictions, statistics)
+                if comparison["paired_seeds"]:
+                    group = group[group["seed"].isin(shared_seeds(group, baseline_runs))]
             row.update(n_seeds=len(group), seeds=" ".join(map(str, sorted(group["seed"]))), metric=first["metric"])
             for metric in SUMMARY_METRICS:
                 row[f"{metric}_mean"] = group[metric].mean()
                 row[f"{metric}_std"] = group[metric].std(ddof=1)  # NaN for one seed, never a fake 0
-            if experiment == baseline:
-                row.update(baseline=baseline, paired_test="baseline")
-            elif baseline_runs.empty:
-                row.update(baseline=baseline, paired_test=f"no {baseline} runs for {task} / {first['model']}")
-            else:
-                row.update(compare_to_baseline(group, baseline_runs, predictions, settings["statistics"]))
+            row["measured_sparsity"] = 1 - row["kept_fraction_mean"]
+            row.update(comparison)
             rows.append(row)
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    summary = add_verdicts(pd.DataFrame(rows, columns=SUMMARY_COLUMNS), statistics)
     # Counts stay integers (blank, not NaN-forced floats, where a test does not apply).
-    return summary.astype({column: "Int64" for column in COUNT_COLUMNS} | {"significant": "boolean"})
+    return summary.astype({column: "Int64" for column in COUNT_COLUMNS} | dict.fromkeys(BOOLEAN_COLUMNS, "boolean"))
 
 
 # ---------------------------------------------------------------- summary.md / summary.tex
@@ -320,42 +269,75 @@ def p_value_text(p: float) -> str:
     return "" if pd.isna(p) else f"{p:.3g}"
 
 
-def interval_text(row) -> str:
-    """'+1.20 [+0.35, +2.05]' in points (x 100)."""
-    if pd.isna(row.delta_primary_mean):
+def interval_text(mean: float, low: float, high: float) -> str:
+    """'+1.20 [+0.35, +2.05]' in points (x 100); the mean alone without an interval."""
+    if pd.isna(mean):
         return ""
-    return (
-        f"{row.delta_primary_mean * 100:+.2f} [{row.delta_primary_low * 100:+.2f}, {row.delta_primary_high * 100:+.2f}]"
-    )
+    if pd.isna(low):
+        return f"{mean * 100:+.2f}"
+    return f"{mean * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]"
 
 
 def sparsity_text(row) -> str:
-    """Sparsity in %; adaptive patterns have none set, so their measured kept fraction is shown."""
-    if pd.notna(row.sparsity):
-        return f"{row.sparsity * 100:.0f}"
-    if pd.notna(row.kept_fraction_mean):
-        return f"{(1 - row.kept_fraction_mean) * 100:.0f} (measured)"
-    return "measured"
+    """The configured sparsity in %; adaptive patterns set none."""
+    return f"{row.sparsity * 100:.0f}" if pd.notna(row.sparsity) else "adaptive"
+
+
+def measured_text(row) -> str:
+    """Sparsity measured on the validation set, 1 - kept fraction, in %."""
+    return "" if pd.isna(row.measured_sparsity) else f"{row.measured_sparsity * 100:.1f}"
+
+
+def seeds_text(row) -> str:
+    """The seeds the row's numbers use; '5†' when the experiment's and its baseline's seed sets differ."""
+    return f"{row.n_seeds}{'†' if row.seed_sets_differ is True else ''}"
+
+
+def mcnemar_text(row) -> str:
+    """'2 of 5 (p 0.003–0.41)': seeds whose own exact McNemar test rejects, and the p range."""
+    if pd.isna(row.mcnemar_rejecting_seeds):
+        return ""
+    spread = p_value_text(row.mcnemar_p_min)
+    if row.mcnemar_p_max != row.mcnemar_p_min:
+        spread += f"–{p_value_text(row.mcnemar_p_max)}"
+    return f"{row.mcnemar_rejecting_seeds} of {row.paired_seeds} (p {spread})"
+
+
+def points_text(value: float) -> str:
+    return "" if pd.isna(value) else f"{value * 100:.2f}"
+
+
+def verdict_text(row) -> str:
+    return "" if pd.isna(row.significant) else ("yes" if row.significant else "no")
 
 
 def summary_display(summary: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     """The summary as strings with readable headers; compact (for LaTeX) keeps the main columns."""
+    target = summary["target_difference"].dropna()
+    seeds_header = f"Seeds for {target.iloc[0]:g} pt" if len(target) else "Seeds needed"
     rows = []
     for row in summary.itertuples(index=False):
         display = {
             "Task": row.task,
             "Model": row.model,
             "Experiment": row.experiment,
-            "Sparsity (%)": sparsity_text(row),
-            "Seeds": str(row.n_seeds),
+            "Sparsity set (%)": sparsity_text(row),
+            "Sparsity measured (%)": measured_text(row),
+            "Seeds": seeds_text(row),
             "Metric": metric_label(row.metric),
             "Primary (×100)": mean_std(row.primary_mean, row.primary_std, 100),
-            "Δ primary [CI] (pt)": interval_text(row),
-            "p (sign-flip)": p_value_text(row.paired_p_value),
-            "p (McNemar)": p_value_text(row.mcnemar_p_value),
-            "MDD (pt)": ""
-            if pd.isna(row.minimum_detectable_difference)
-            else f"{row.minimum_detectable_difference * 100:.2f}",
+            "Δ primary [CI] (pt)": interval_text(row.delta_primary_mean, row.delta_primary_low, row.delta_primary_high),
+            "p (t)": p_value_text(row.t_p_value),
+            "p (Holm)": p_value_text(row.holm_p_value),
+            "q (BH)": p_value_text(row.bh_q_value),
+            "Significant": verdict_text(row),
+            "p (sign-flip)": p_value_text(row.sign_flip_p_value),
+            "Δ CI, test-set sampling (pt)": ""
+            if pd.isna(row.sampling_low)
+            else f"[{row.sampling_low * 100:+.2f}, {row.sampling_high * 100:+.2f}]",
+            "McNemar per seed, rejecting": mcnemar_text(row),
+            "MDD (pt)": points_text(row.minimum_detectable_difference),
+            seeds_header: "" if pd.isna(row.seeds_needed) else f"{row.seeds_needed:.0f}",
             "Accuracy (%)": mean_std(row.accuracy_mean, row.accuracy_std, 100),
             "Validation loss": mean_std(row.validation_loss_mean, row.validation_loss_std, digits=3),
             "Train loss": mean_std(row.train_loss_mean, row.train_loss_std, digits=3),
@@ -374,12 +356,14 @@ def summary_display(summary: pd.DataFrame, compact: bool = False) -> pd.DataFram
                 "Task",
                 "Model",
                 "Experiment",
-                "Sparsity (%)",
+                "Sparsity set (%)",
+                "Sparsity measured (%)",
                 "Seeds",
                 "Metric",
                 "Primary (×100)",
                 "Δ primary [CI] (pt)",
-                "p (sign-flip)",
+                "p (Holm)",
+                "Significant",
                 "MDD (pt)",
                 "Validation loss",
                 "ECE",
@@ -389,48 +373,90 @@ def summary_display(summary: pd.DataFrame, compact: bool = False) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def significance_sentence(summary: pd.DataFrame) -> str:
-    """Which differences to the baseline are significant, in words (the interval excludes 0)."""
+def significance_sentence(summary: pd.DataFrame, statistics: dict) -> str:
+    """Which differences to the baseline are significant, in words (Holm-corrected paired t-test)."""
     compared = summary.dropna(subset=["delta_primary_mean"])
     if compared.empty:
         return "No experiment could be compared with its baseline (no shared seeds)."
-    level = f"{compared['confidence'].iloc[0] * 100:g} %"
+    level = f"{(1 - statistics['confidence']) * 100:g} %"
     significant = compared[compared["significant"].fillna(False).astype(bool)]
     if significant.empty:
         return (
-            f"No difference to the baseline is significant: every {level} interval includes 0 "
+            f"No difference to the baseline is significant at {level} after Holm's correction "
             f"({len(compared)} comparisons)."
         )
     described = "; ".join(
         f"{row.experiment} on {row.task} / {row.model} ({metric_label(row.metric)} "
         f"{'higher' if row.delta_primary_mean > 0 else 'lower'} by {abs(row.delta_primary_mean) * 100:.2f} pt, "
-        f"{level} CI {row.delta_primary_low * 100:+.2f} to {row.delta_primary_high * 100:+.2f})"
+        f"{statistics['confidence'] * 100:g} % CI {row.delta_primary_low * 100:+.2f} to "
+        f"{row.delta_primary_high * 100:+.2f}, Holm p {p_value_text(row.holm_p_value)})"
         for row in significant.itertuples()
     )
     return (
-        f"Significant differences to the baseline ({level} interval excludes 0), {len(significant)} of "
-        f"{len(compared)} comparisons: {described}. All other intervals include 0."
+        f"Significant at {level} after Holm's correction, {len(significant)} of {len(compared)} comparisons: "
+        f"{described}. No other difference is."
     )
 
 
 def summary_note(runs: pd.DataFrame, summary: pd.DataFrame, settings: dict) -> str:
-    """One paragraph: seeds, what ± and the brackets mean, the tests used, and which results are significant."""
+    """One paragraph: seeds, what ± and the brackets mean, the tests and corrections used, and which
+    results are significant."""
     statistics = settings["statistics"]
     seeds = ", ".join(str(seed) for seed in sorted(runs["seed"].unique()))
     level = f"{statistics['confidence'] * 100:g} %"
+    alpha = f"{(1 - statistics['confidence']) * 100:g} %"
     note = (
         f"Seeds {seeds}; values are mean ± sample standard deviation over seeds (no ± with a single seed); "
         "the primary metric (named in the Metric column), accuracy and MFU are shown ×100, differences in points. "
-        f"Δ primary is the mean difference to {settings['baseline']} of the same task and model, with a {level} "
-        f"paired bootstrap interval over validation examples, seeds matched "
-        f"({statistics['bootstrap_resamples']} resamples, seed {statistics['bootstrap_seed']}); "
-        "p (sign-flip) is a two-sided exact sign-flip permutation test on the seed-paired differences "
-        "(with n seeds the smallest possible p is 2/2^n); p (McNemar) is a two-sided exact McNemar test on "
-        "per-example correctness pooled over seeds; MDD is the minimum difference the seeds' spread could detect "
-        f"at {statistics['power'] * 100:g} % power. ECE uses {CALIBRATION_BINS} equal-width confidence bins. "
-        "Loss gap = validation loss − final train loss. "
-        f"{significance_sentence(summary)}"
+        "Sparsity set is the configured fraction of keys removed; sparsity measured is 1 − the kept fraction "
+        "of keys on the validation set (at evaluation, so 0 for training-only sparsity). "
+        f"Each experiment is compared with {settings['baseline']} of the same task and model over the seeds both "
+        "share: its row's means, stds, Δ and every test use those seeds only (Seeds counts them; † marks an "
+        "experiment whose seed set differs from its baseline's, the seeds left out are in summary.csv's "
+        "unpaired_seeds). "
+        f"The verdict is at the level of the training run: Δ primary is the mean per-seed difference with a {level} "
+        "paired t interval (df = seeds − 1); p (t) is the two-sided paired t-test; Significant means it rejects at "
+        f"{alpha} after Holm's correction within the family of one task × model (every experiment compared with "
+        "that baseline), p (Holm) being the adjusted p-value; q (BH) is the Benjamini–Hochberg q-value across all "
+        "comparisons of the run. p (sign-flip) is the two-sided exact sign-flip permutation test on the same "
+        "differences (Monte Carlo, p = (count + 1) / (draws + 1), beyond 20 seeds); with n seeds it cannot go "
+        "below 2/2^n. "
+        f"Δ CI, test-set sampling is a {level} paired bootstrap over validation examples "
+        f"({statistics['bootstrap_resamples']} resamples, seed {statistics['bootstrap_seed']}): it holds the "
+        "trained models fixed, so it speaks to which examples were drawn, not to seed-to-seed variation. "
+        "McNemar per seed counts the seeds whose own two-sided exact McNemar test (that seed's two models, "
+        f"examples gained vs lost) rejects at {alpha}, with the range of their p-values; predictions are never "
+        "pooled over seeds. "
+        f"MDD is the true difference the paired t-test detects with {statistics['power'] * 100:g} % power at "
+        f"level {alpha} / family size (Holm's strictest step), from the seeds' spread (exact noncentral t)"
     )
+    if statistics.get("target_difference") is not None:
+        note += (
+            f"; Seeds for {statistics['target_difference']:g} pt is how many seeds the same test needs to detect "
+            f"{statistics['target_difference']:g} point at that power and spread (`crisp plan` prints it)"
+        )
+    note += f". ECE uses {CALIBRATION_BINS} equal-width confidence bins. Loss gap = validation loss − final train loss."
+    limited = sorted(
+        {
+            int(n)
+            for n in summary["paired_seeds"].dropna()
+            if n > 0 and stats.sign_flip_minimum_p(int(n)) > 1 - statistics["confidence"]
+        }
+    )
+    if limited:
+        counts = ", ".join(f"{n} seeds (smallest p {stats.sign_flip_minimum_p(n):.3g})" for n in limited)
+        note += f" With {counts} the sign-flip test cannot reject at {alpha}."
+    if summary["seed_sets_differ"].fillna(False).astype(bool).any():
+        differing = summary[summary["seed_sets_differ"].fillna(False).astype(bool)]
+        note += (
+            " Seed sets differ (†) for "
+            + "; ".join(
+                f"{row.experiment} on {row.task} / {row.model} ({row.unpaired_seeds} unpaired)"
+                for row in differing.itertuples()
+            )
+            + "."
+        )
+    note += f" {significance_sentence(summary, statistics)}"
     if any(paper_applies(row.dataset, row.model) for row in summary.itertuples()):
         (dense, _, dense_accuracy), (aggressive, _, aggressive_accuracy) = PAPER_REPORTED
         note += (
@@ -464,7 +490,13 @@ def write_summary_latex(summary: pd.DataFrame, runs: pd.DataFrame, settings: dic
         column_format="lll" + "r" * (display.shape[1] - 3),
     )
     # Plain ASCII LaTeX so that pdflatex compiles it without extra packages.
-    for text, replacement in (("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "$-$"), ("×", r"$\times$")):
+    for text, replacement in (
+        ("±", r"$\pm$"),
+        ("Δ", r"$\Delta$"),
+        ("−", "$-$"),
+        ("×", r"$\times$"),
+        ("†", r"$^\dagger$"),
+    ):
         latex = latex.replace(text, replacement)
     path.write_text(latex)
 
@@ -549,7 +581,16 @@ def write_flops_markdown(flops: pd.DataFrame, path: Path) -> None:
 
 # ---------------------------------------------------------------- entry point
 
-TABLE_FILES = ("runs.csv", "summary.csv", "summary.md", "summary.tex", "flops.csv", "flops.md")
+TABLE_FILES = (
+    "runs.csv",
+    "summary.csv",
+    "summary.md",
+    "summary.tex",
+    "pooled.csv",
+    "pooled.md",
+    "flops.csv",
+    "flops.md",
+)
 
 
 def write_tables(
@@ -558,7 +599,8 @@ def write_tables(
     """Write TABLE_FILES into out_dir from run folders and FLOPs reports; return their paths.
 
     settings: crisp.settings.tables_settings(config), i.e. baseline, tasks (metric and dataset name per
-    task), models, experiments and statistics (bootstrap_resamples, bootstrap_seed, confidence, power).
+    task), models, experiments and statistics (bootstrap_resamples, bootstrap_seed, confidence, power,
+    target_difference).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -572,6 +614,9 @@ def write_tables(
     summary.to_csv(paths["summary.csv"], index=False)
     write_summary_markdown(summary, runs, settings, paths["summary.md"])
     write_summary_latex(summary, runs, settings, paths["summary.tex"])
+    pooled = pooled_effects(summary, settings["statistics"]["confidence"])
+    pooled.to_csv(paths["pooled.csv"], index=False)
+    write_pooled_markdown(pooled, paths["pooled.md"])
     flops.to_csv(paths["flops.csv"], index=False)
     write_flops_markdown(flops, paths["flops.md"])
     return list(paths.values())

@@ -57,7 +57,7 @@ def test_glue_config_plans_the_matrix(tmp_path):
     config = load_config([ROOT / "config.yaml", ROOT / "config/glue.yaml"])
     tasks, models, experiments, seeds = (len(config[key]) for key in ("tasks", "models", "experiments", "seeds"))
     jobs = planned_jobs(ROOT, "--configfile", "config/glue.yaml", "--config", f"results={tmp_path}")
-    assert jobs["train"] == tasks * models * experiments * seeds == 420
+    assert jobs["train"] == tasks * models * experiments * seeds == 960
     assert jobs["data"] == tasks * models  # one tokenizer per model
     assert jobs["flops"] == models  # one per model, every experiment
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from crisp import figures, tables
+from crisp import pooling as crisp_pooling
 from crisp.errors import RunFormatError
 from crisp.flops import Architecture, profile_experiment
 from crisp.layout import model_slug
@@ -52,20 +53,27 @@ SETTINGS = {
     "tasks": TASKS,
     "models": MODELS,
     "experiments": EXPERIMENTS,
-    "statistics": {"bootstrap_resamples": 200, "bootstrap_seed": 0, "confidence": 0.95, "power": 0.8},
+    "statistics": {
+        "bootstrap_resamples": 200,
+        "bootstrap_seed": 0,
+        "confidence": 0.95,
+        "power": 0.8,
+        "target_difference": 1.0,
+    },
 }
 
 
 def correct_count(task, model, experiment, seed):
     """Each (task, model) has its own baseline level, so a comparison across pairs would show.
 
-    Only top-k on SST-2 with DistilBERT gains clearly (+12 examples on both seeds); the rest move by 0-1.
+    Only top-k on SST-2 with DistilBERT gains clearly (+12 examples on both seeds); the rest move by 0-1,
+    differently on each seed.
     """
     base = {("sst2", MODELS[0]): 40, ("sst2", MODELS[1]): 30, ("cola", MODELS[0]): 45, ("cola", MODELS[1]): 35}
     gain = {
         "dense_baseline": 0,
         "aggressive_sparse": 12 if (task, model) == ("sst2", MODELS[0]) else seed,
-        "sparsemax": 1,
+        "sparsemax": 1 - seed,
     }
     return base[(task, model)] + 2 * seed + gain[experiment]
 
@@ -239,20 +247,24 @@ def test_comparisons_stay_within_task_and_model(summary):
             ]
         )
         assert row.delta_primary_mean == pytest.approx(expected)
-        # The interval holds the mean difference; resamples and seed come from the settings.
+        # Both intervals hold the mean difference; resamples and seed come from the settings.
         assert row.delta_primary_low <= row.delta_primary_mean <= row.delta_primary_high
+        assert row.sampling_low <= row.delta_primary_mean <= row.sampling_high
         assert (row.bootstrap_resamples, row.bootstrap_seed, row.confidence) == (200, 0, 0.95)
-        assert row.paired_seeds == 2 and row.mcnemar_seeds == 2 and row.mcnemar_examples == 2 * EXAMPLES
-        assert row.paired_test == "exact sign-flip permutation, n=2"
-        assert row.power == 0.8
+        assert row.paired_seeds == 2 and row.validation_examples == EXAMPLES and row.t_df == 1
+        assert row.paired_test == "paired t-test, n=2"
+        assert row.sign_flip_test == "exact sign-flip permutation, n=2" and row.sign_flip_min_p == 0.5
+        # One family per task and model: its two experiments against that baseline.
+        assert (row.family, row.family_size) == (f"{row.task} / {row.model}", 2)
+        assert row.power == 0.8 and not row.seed_sets_differ
 
 
-def test_mcnemar_counts_pool_examples_over_seeds(summary):
+def test_mcnemar_is_one_test_per_seed(summary):
     row = summary.set_index(["task", "model", "experiment"]).loc[("sst2", MODELS[0], "aggressive_sparse")]
-    # Nested predictions: 12 examples gained on each seed, none lost.
-    assert (row["mcnemar_gained"], row["mcnemar_lost"]) == (24, 0)
-    assert row["mcnemar_p_value"] == pytest.approx(2 / 2**24)
-    assert row["significant"]
+    # Nested predictions: 12 examples gained on each seed, none lost; each seed tested on its own.
+    assert (row["mcnemar_gained_per_seed"], row["mcnemar_lost_per_seed"]) == ("12 12", "0 0")
+    assert row["mcnemar_rejecting_seeds"] == 2
+    assert row["mcnemar_p_min"] == row["mcnemar_p_max"] == pytest.approx(2 / 2**12)
 
 
 def test_minimum_detectable_difference_from_seed_spread(summary):
@@ -268,10 +280,12 @@ def test_note_says_which_differences_are_significant(matrix, summary):
     assert list(zip(significant["task"], significant["model"], significant["experiment"])) == [
         ("sst2", MODELS[0], "aggressive_sparse")
     ]
-    assert "Significant differences to the baseline (95 % interval excludes 0), 1 of 8 comparisons" in markdown
+    assert "Significant at 5 % after Holm's correction, 1 of 8 comparisons" in markdown
     assert "aggressive_sparse on sst2 / distilbert-base-uncased (accuracy higher by 20.00 pt" in markdown
+    assert "within the family of one task × model" in markdown and "Benjamini–Hochberg" in markdown
+    assert "test-set sampling" in markdown and "never pooled over seeds" in markdown
     assert "200 resamples, seed 0" in markdown and "15 equal-width confidence bins" in markdown
-    assert "80 % power" in markdown
+    assert "80 % power" in markdown and "With 2 seeds (smallest p 0.5) the sign-flip test cannot reject" in markdown
     assert "+20.00 [" in markdown  # the difference with its interval, in points
     assert "Matthews correlation" in markdown
 
@@ -463,3 +477,81 @@ def test_tables_figures_and_flops_reports_load_no_ml_library():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_pooled_table_combines_an_experiment_over_tasks_and_models(matrix):
+    *_, tables_dir, _ = matrix
+    pooled = pd.read_csv(tables_dir / "pooled.csv").set_index("experiment")
+    assert list(pooled.columns) == [column for column in crisp_pooling.POOLED_COLUMNS if column != "experiment"]
+    # Accuracy (SST-2) and MCC (CoLA) differ, so effects are standardised; the SST-2 / DistilBERT top-k
+    # group has the same difference on both seeds (no spread) and is left out, and said so.
+    assert set(pooled.index) == {"aggressive_sparse", "sparsemax"}
+    assert (pooled["scale"] == crisp_pooling.STANDARDISED).all()
+    assert pooled.loc["aggressive_sparse", "groups"] == 3 and pooled.loc["sparsemax", "groups"] == 4
+    assert pooled.loc["aggressive_sparse", "groups_left_out"] == "sst2 / distilbert-base-uncased"
+    summary = pd.read_csv(tables_dir / "summary.csv")
+    usable = summary[(summary["experiment"] == "sparsemax") & summary["t_p_value"].notna()]
+    d = usable["delta_primary_mean"] / usable["delta_primary_std"]
+    n = usable["paired_seeds"]
+    expected = tables.stats.random_effects(d, 1 / n + d**2 / (2 * n))
+    assert pooled.loc["sparsemax", "effect"] == pytest.approx(expected["effect"])
+    assert pooled.loc["sparsemax", "low"] < pooled.loc["sparsemax", "effect"] < pooled.loc["sparsemax", "high"]
+    markdown = (tables_dir / "pooled.md").read_text()
+    assert "Paule–Mandel" in markdown and "standardised, d_z" in markdown and "Prediction interval" in markdown
+
+
+def test_seed_planner_and_detectable_difference_in_the_summary(summary):
+    compared = summary[summary["t_p_value"].notna()]
+    for row in compared.itertuples():
+        level = (1 - row.confidence) / row.family_size
+        assert row.minimum_detectable_difference == pytest.approx(
+            tables.stats.detectable_effect_size(row.paired_seeds, level, 0.8) * row.delta_primary_std
+        )
+        assert row.target_difference == 1.0
+        assert row.seeds_needed == tables.stats.seeds_needed(row.delta_primary_std, 0.01, level, 0.8)
+
+
+def test_crisp_plan_prints_the_seeds_needed(matrix, capsys):
+    from crisp.cli import main
+
+    *_, tables_dir, _ = matrix
+    assert main(["plan", "--tables", str(tables_dir), "--target", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "seeds for 5 pt at 80 % power" in printed and "aggressive_sparse" in printed
+    summary = pd.read_csv(tables_dir / "summary.csv")
+    row = summary[(summary["task"] == "cola") & (summary["experiment"] == "sparsemax")].iloc[0]
+    needed = tables.stats.seeds_needed(row["delta_primary_std"], 0.05, 0.05 / 2, 0.8)
+    assert f"| {needed:.0f} " in printed
+
+
+def test_metric_vs_sparsity_places_points_at_the_measured_sparsity(monkeypatch):
+    """block_topk at 80 % on 13-token sentences keeps every key: it is drawn at 0 %, not at 80 %."""
+    base = {"task": "sst2", "dataset": "glue/sst2", "model": "tiny:bert", "metric": "accuracy", "confidence": 0.95}
+    rows = [
+        {**base, "experiment": "dense_baseline", "pattern": "dense", "sparsity": 0.0, "measured_sparsity": 0.0},
+        {**base, "experiment": "topk_80", "pattern": "topk", "sparsity": 0.8, "measured_sparsity": 0.77},
+        {**base, "experiment": "block_80", "pattern": "block_topk", "sparsity": 0.8, "measured_sparsity": 0.0},
+    ]
+    summary = pd.DataFrame(rows).assign(
+        apply="train_and_eval",
+        attention_dropout=np.nan,
+        primary_mean=[0.9, 0.91, 0.9],
+        delta_primary_low=[np.nan, -0.01, -0.01],
+        delta_primary_high=[np.nan, 0.03, 0.01],
+    )
+    runs = pd.DataFrame({"experiment": ["dense_baseline"], "primary": [0.9]})
+    figure = figures.plot_metric_vs_sparsity(summary, runs, "dense_baseline")
+    lines = {line.get_label(): line.get_xdata() for line in figure.axes[0].lines}
+    assert list(lines["topk (mean over seeds)"]) == pytest.approx([77.0])
+    assert list(lines["block_topk (mean over seeds)"]) == pytest.approx([0.0])
+    assert figures.sparsity_label(summary.iloc[2]) == "80 % set, 0 % measured"
+
+
+def test_sparsity_effects_ends_with_the_pooled_rows(matrix, summary):
+    *_, tables_dir, _ = matrix
+    pooled = pd.read_csv(tables_dir / "pooled.csv")
+    figure = figures.plot_sparsity_effects(summary, pd.read_csv(tables_dir / "runs.csv"), "dense_baseline", pooled)
+    bottom = figure.axes[1]
+    labels = [label.get_text() for label in bottom.get_yticklabels()]
+    assert labels == ["aggressive_sparse (3 groups, I² 0 %)", "sparsemax (4 groups, I² 0 %)"]
+    assert "standardised" in bottom.get_xlabel()

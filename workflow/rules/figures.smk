@@ -3,7 +3,9 @@ rule figures:
     input:
         tables=TABLES,
         runs=RUN_OUTPUTS,
-        code=crisp_sources("figures", "tables", "runs", "metrics"),
+        code=crisp_sources(
+            "figures", "tables", "comparisons", "pooling", "stats", "runs", "metrics"
+        ),
     output:
         [figure_report(name) for name in FIGURES],
         [f"{R}/figures/{name}.pdf" for name in FIGURES],

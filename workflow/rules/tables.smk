@@ -4,7 +4,9 @@ rule tables:
     input:
         runs=RUN_OUTPUTS,
         flops=FLOPS,
-        code=crisp_sources("tables", "runs", "stats", "metrics", "flops"),
+        code=crisp_sources(
+            "tables", "runs", "stats", "comparisons", "pooling", "metrics", "flops"
+        ),
     output:
         TABLES,
     log:
