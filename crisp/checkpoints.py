@@ -151,7 +151,7 @@ def prepare_checkpoint_dir(checkpoint_dir: Path, stamp: dict) -> str | None:
     """Return the checkpoint to resume from, discarding checkpoints of other settings or code and
     unusable ones (falling back to an older checkpoint, or to the start)."""
     stamp_path = checkpoint_dir / RUN_CONFIG_FILE
-    if checkpoint_dir.exists():
+    if checkpoint_dir.exists() and any(path.name != LOCK_FILE for path in checkpoint_dir.iterdir()):
         try:
             previous = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
         except (json.JSONDecodeError, UnicodeDecodeError):

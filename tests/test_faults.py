@@ -118,5 +118,6 @@ def test_interrupted_snakemake_finishes_on_rerun_with_identical_results(tmp_path
     # The default profile reruns incomplete jobs on its own.
     run_snakemake(workdir, "--cores", "2", "--configfile", SMOKE, "slice.yaml")
     assert_same_runs(results, reference)
-    for metrics_path in results.glob("runs/*/*/*/seed*/metrics.json"):  # from the checkpoints, not from scratch
-        assert json.loads(metrics_path.read_text())["resumed_from_step"] > 0, metrics_path
+    if how == "SIGKILL":  # killed with Snakemake, the train jobs resumed from their checkpoints
+        for metrics_path in results.glob("runs/*/*/*/seed*/metrics.json"):
+            assert json.loads(metrics_path.read_text())["resumed_from_step"] > 0, metrics_path
