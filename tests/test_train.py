@@ -566,3 +566,15 @@ def test_a_run_folder_that_cannot_be_written_is_reported_before_training(data, t
     with pytest.raises(USER_ERRORS, match="cannot be written") as error:
         train_run(make_settings(), data, run_dir, tmp_path / "ck", threads=2)
     assert str(run_dir) in str(error.value)
+
+
+def test_crisp_train_on_a_folder_that_cannot_be_written_fails_in_one_line(data, tmp_path, capsys):
+    from crisp.cli import main
+    from crisp.settings import as_json
+
+    (tmp_path / "file").write_text("")
+    code = main(["train", "--settings", as_json(make_settings()), "--data", str(data),
+                 "--out", str(tmp_path / "file" / "run"), "--checkpoints", str(tmp_path / "ck")])
+    error = capsys.readouterr().err
+    assert code == 1 and "cannot be written" in error and "Traceback" not in error
+    assert error.strip().count("\n") == 0, error
