@@ -25,6 +25,14 @@ class TrainingInterrupted(RuntimeError):
     """Training stopped on SIGTERM after saving a checkpoint; running it again resumes."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
+class RunFolderError(RuntimeError):
+    """A run or checkpoint folder cannot be used: another `crisp train` holds it, or it cannot be written."""
+
+
 class NoFreeDevice(RuntimeError):
     """Every GPU stayed claimed by other processes until the timeout."""
 
@@ -35,6 +43,8 @@ USER_ERRORS = (
     RunFormatError,
     HubUnreachableError,
     TrainingInterrupted,
+    TrainingDiverged,
+    RunFolderError,
     NoFreeDevice,
     FileNotFoundError,
 )

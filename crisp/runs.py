@@ -70,6 +70,8 @@ RUN_COLUMNS = list(RUN_FIELDS)
 TIMING_KEYS = ("wall_time_s", "train_examples_per_s", "achieved_flops_per_s", "peak_memory_mb", "mfu")
 # Runs are told apart by these; two folders with the same values are the same run given twice.
 RUN_IDENTITY = ("task", "model", "experiment", "seed")
+# A run whose losses or primary metric are not finite numbers diverged: it is no result to tabulate.
+FINITE_FIELDS = ("train_loss", "validation_loss", "primary")
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -93,13 +95,27 @@ def write_run(run_dir: str | Path, metrics: dict, history_rows: list[dict], pred
         "attention.json": json.dumps(attention, indent=1) + "\n",
         "history.csv": history.to_csv(index=False, lineterminator="\n"),
         "predictions.csv": predictions.to_csv(index=False, lineterminator="\n"),
-        METRICS_FILE: json.dumps(metrics, indent=2) + "\n",
+        METRICS_FILE: json.dumps(_strict(metrics), indent=2, allow_nan=False) + "\n",
     }
     written = []
     for name in RUN_FILES:
         _replace_atomically(run_dir / name, texts[name].encode())
         written.append(run_dir / name)
     return written
+
+
+def _strict(value, key: str = ""):
+    """value with NaN as null, so that metrics.json is strict JSON: NaN marks a value that is undefined
+    for the run (an MCC with one class predicted, an empty mean). An infinity is no such value: refused."""
+    if isinstance(value, dict):
+        return {name: _strict(item, f"{key}.{name}" if key else str(name)) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item, key) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        raise ValueError(f"metrics.json: '{key}' is {value}, which is no result; the run is not written")
+    return value
 
 
 def _replace_atomically(path: Path, data: bytes) -> None:
@@ -188,6 +204,14 @@ def read_metrics(run: str | Path) -> dict:
             _lookup(metrics, keys, path)
     for key in ("attention_entropy", "kept_fraction"):
         _lookup(metrics, ("diagnostics", key), path)
+    for column in FINITE_FIELDS:
+        keys = RUN_FIELDS[column]
+        value = _lookup(metrics, keys, path)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RunFormatError(
+                f"{path}: '{'.'.join(keys)}' is {value}, not a finite number: the run diverged, so it is no "
+                f"result; rerun it with a lower learning rate (or delete {path.parent})."
+            )
     validation = metrics["validation"]
     # Catches an accuracy written in percent, or correct/total from a different evaluation.
     if validation["total"] and abs(validation["accuracy"] - validation["correct"] / validation["total"]) > 1e-4:

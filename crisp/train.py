@@ -39,10 +39,18 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from crisp.attention import attention_diagnostics, sparsify
-from crisp.checkpoints import CHECKPOINTS_KEPT, Fit, StopOnSignal, checkpoint_stamp, fit, prepare_checkpoint_dir
+from crisp.checkpoints import (
+    CHECKPOINTS_KEPT,
+    Fit,
+    StopOnSignal,
+    checkpoint_stamp,
+    fit,
+    prepare_checkpoint_dir,
+    run_lock,
+)
 from crisp.data import collator, load_prepared, read_stats
 from crisp.devices import peak_flops_per_s
-from crisp.errors import ConfigError
+from crisp.errors import ConfigError, TrainingDiverged
 from crisp.flops import Architecture, analytic_forward_matmul_flops
 from crisp.layout import model_slug
 from crisp.metrics import classification_metrics, primary_metric
@@ -127,9 +135,36 @@ def token_lengths(dataset) -> np.ndarray:
     return pc.list_value_length(dataset.data.column("input_ids")).to_numpy(zero_copy_only=False)
 
 
+def classification_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy of a micro-batch, summed and divided by the examples of the whole optimizer step.
+
+    The Trainer's compute_loss_func. transformers 5 passes the step's example count (num_items_in_batch)
+    and then does not divide the loss by the gradient accumulation steps; the models' own loss is a
+    per-batch mean that ignores the count, so with accumulation it would double the loss and the
+    gradient. Summed and divided by the count, batch 16 x 2 steps gives what batch 32 x 1 gives, also
+    when the last batches of an epoch are short.
+    """
+    logits = outputs["logits"]
+    labels = labels.to(logits.device).view(-1)
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
+    return loss / count
+
+
 class CrispTrainer(Trainer):
-    """The Trainer, with length-grouped training batches that are reproducible across resumes, and
-    evaluation in dataset order."""
+    """The Trainer, with length-grouped training batches that are reproducible across resumes, evaluation
+    in dataset order, and a stop with TrainingDiverged at the first step whose loss is not finite."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The Trainer would log the mean of earlier losses instead (logging_nan_inf_filter) and train on.
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} at step {self.state.global_step + 1} of "
+                f"{self.state.max_steps}: the run diverged and is not written; lower training.learning_rate "
+                "(or check training.weight_decay, training.max_grad_norm and the data)"
+            )
+        return loss
 
     def _get_eval_sampler(self, eval_dataset):
         # In dataset order, always: the Trainer would group evaluation batches by length too, in an
@@ -245,6 +280,7 @@ def make_trainer(built: Built, settings: dict, hardware: Hardware, checkpoint_di
         eval_dataset=built.validation,
         data_collator=collator(built.tokenizer),
         compute_metrics=metrics_for(settings["dataset"]["metric"]),
+        compute_loss_func=classification_loss,
         callbacks=list(callbacks),
     )
 
@@ -509,7 +545,9 @@ def train_run(
 
     settings: what crisp.settings.train_settings returns. threads: CPU threads for torch (None: torch's
     default). keep_checkpoints: keep the resume checkpoints once the run folder is complete.
-    Raises TrainingInterrupted when SIGTERM stopped training (a checkpoint is saved: rerun to resume).
+    Raises TrainingInterrupted when SIGTERM stopped training (a checkpoint is saved: rerun to resume),
+    TrainingDiverged when the loss became non-finite, RunFolderError when another `crisp train` holds
+    run_dir or checkpoint_dir, or one of them cannot be written (both checked before any work).
     """
     run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
     training = settings["training"]
@@ -519,10 +557,11 @@ def train_run(
     if hardware.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    with StopOnSignal() as stop:  # from building the model to removing the checkpoints
+    # One run at a time on these folders, held until the checkpoints are removed.
+    with run_lock(run_dir, checkpoint_dir), StopOnSignal() as stop:
         built = build(settings, data_dir)
-        # Checkpoints resume only the same settings run by the same training code.
-        resume_from = prepare_checkpoint_dir(checkpoint_dir, checkpoint_stamp(settings))
+        # Checkpoints resume only the same settings, training code, prepared data and model files.
+        resume_from = prepare_checkpoint_dir(checkpoint_dir, checkpoint_stamp(settings, data_dir))
         with _tensorboard_dir(run_dir, training["report_to"]):
             trainer = make_trainer(built, settings, hardware, checkpoint_dir, callbacks=[stop, _LogLastStep()])
             fitted = fit(trainer, resume_from, stop, checkpoint_dir)

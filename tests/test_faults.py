@@ -46,6 +46,11 @@ def wait_for(condition, timeout_s: float = 300, what: str = "") -> None:
         time.sleep(0.2)
 
 
+def training_runs(results: Path) -> set[Path]:
+    """Run folders of the checkpoints tree that hold a complete checkpoint: train jobs mid-training."""
+    return {path.parents[1] for path in results.glob("checkpoints/*/*/*/seed*/checkpoint-*/trainer_state.json")}
+
+
 def comparable(metrics: dict) -> dict:
     metrics = {key: value for key, value in metrics.items() if key not in TIMING_KEYS}
     metrics.pop("resumed_from_step", None)
@@ -87,8 +92,13 @@ def test_interrupted_snakemake_finishes_on_rerun_with_identical_results(tmp_path
             wait_for(lambda: any((workdir / ".snakemake" / "locks").glob("*")), what="the first Snakemake's lock")
             second = run_snakemake(workdir, "--cores", "2", "--configfile", SMOKE, "slice.yaml", check=False)
             assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
-        # Interrupt while fine-tuning runs.
-        wait_for(lambda: any(results.glob("logs/train/**/*.log")), what="a train job to start")
+        # Interrupt while fine-tuning runs: every train job of the slice has saved a checkpoint. Then every
+        # job that could start before them (data, flops) has finished and Snakemake only waits for the
+        # trains. (While it starts or finishes a job it runs an asyncio loop that handles SIGINT itself:
+        # a SIGINT sent at a mere moment, such as a train log appearing, was sometimes lost there.)
+        trains = len(list(reference.glob("runs/*/*/*/seed*")))
+        wait_for(lambda: len(training_runs(results)) == trains, what="every train job to save a checkpoint")
+        assert not list(results.glob("runs/**/metrics.json"))  # still mid-training
         if how == "SIGINT":
             first.send_signal(signal.SIGINT)
         else:
@@ -108,3 +118,6 @@ def test_interrupted_snakemake_finishes_on_rerun_with_identical_results(tmp_path
     # The default profile reruns incomplete jobs on its own.
     run_snakemake(workdir, "--cores", "2", "--configfile", SMOKE, "slice.yaml")
     assert_same_runs(results, reference)
+    if how == "SIGKILL":  # killed with Snakemake, the train jobs resumed from their checkpoints
+        for metrics_path in results.glob("runs/*/*/*/seed*/metrics.json"):
+            assert json.loads(metrics_path.read_text())["resumed_from_step"] > 0, metrics_path

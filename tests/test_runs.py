@@ -205,3 +205,44 @@ def test_a_ragged_attention_matrix_is_named(tmp_path):
 def test_reading_runs_needs_no_torch():
     code = "import sys, crisp.runs; assert 'torch' not in sys.modules and 'pandas' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_metrics_json_is_strict_json_with_undefined_values_as_null(tmp_path):
+    undefined = metrics()
+    undefined["validation"]["mcc"] = float("nan")  # e.g. a run that predicts one class only
+    undefined["diagnostics"]["kept_fraction"] = [float("nan"), 0.5]
+    runs.write_run(tmp_path / "run", undefined, HISTORY, predictions(), ATTENTION)
+
+    def no_constants(name):
+        raise AssertionError(f"metrics.json holds {name}: not JSON")
+
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    written = json.loads(text, parse_constant=no_constants)
+    assert written["validation"]["mcc"] is None and written["diagnostics"]["kept_fraction"] == [None, 0.5]
+    read = runs.read_metrics(tmp_path / "run")
+    assert read["validation"]["mcc"] is None
+    assert runs.run_row(read)["kept_fraction_mean"] == 0.5  # the mean over the defined values
+
+
+def test_an_infinite_value_is_refused_naming_its_key(tmp_path):
+    infinite = metrics()
+    infinite["validation"]["brier"] = float("inf")
+    with pytest.raises(ValueError, match="validation.brier"):
+        runs.write_run(tmp_path / "run", infinite, HISTORY, predictions(), ATTENTION)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("key", ["train_loss", "validation.loss", "validation.primary"])
+@pytest.mark.parametrize("value", [float("nan"), None])
+def test_a_diverged_run_is_never_tabulated(tmp_path, key, value):
+    diverged = metrics()
+    if "." in key:
+        diverged["validation"][key.split(".")[1]] = value
+    else:
+        diverged[key] = value
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # as an older crisp wrote it (a bare NaN), or strict JSON with the value missing
+    (run_dir / "metrics.json").write_text(json.dumps(diverged))
+    with pytest.raises(RunFormatError, match=key.replace(".", r"\.")):
+        runs.collect_runs([run_dir])

@@ -176,25 +176,25 @@ def test_a_corrupted_newest_checkpoint_falls_back_to_an_older_one(reference, dat
     same_result(tmp_path / "run", root / "run")
 
 
-def test_with_every_checkpoint_corrupted_training_starts_over(reference, tmp_path, capfd):
+def test_with_every_checkpoint_corrupted_training_starts_over(reference, data, tmp_path, capfd):
     root, _ = reference
     checkpoints = copy_checkpoints(root, tmp_path / "ck")
     truncate(checkpoints / "checkpoint-10" / "model.safetensors")
     (checkpoints / "checkpoint-5" / "trainer_state.json").unlink()  # killed while saving
 
-    assert prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings())) is None
+    assert prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings(), data)) is None
     assert not list(checkpoints.glob("checkpoint-*"))
     assert capfd.readouterr().out.count("Removing unusable checkpoint") == 2
 
 
-def test_checkpoints_of_other_settings_are_not_resumed(reference, tmp_path, capfd):
+def test_checkpoints_of_other_settings_are_not_resumed(reference, data, tmp_path, capfd):
     root, _ = reference
     checkpoints = copy_checkpoints(root, tmp_path / "ck")
-    assert prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings(seed=1))) is None
+    assert prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings(seed=1), data)) is None
     assert "different configuration" in capfd.readouterr().out and not list(checkpoints.glob("checkpoint-*"))
     # where training is reported to changes no result: the checkpoints stay usable
     checkpoints = copy_checkpoints(root, tmp_path / "ck2")
-    resumed = prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings(report_to="tensorboard")))
+    resumed = prepare_checkpoint_dir(checkpoints, checkpoint_stamp(make_settings(report_to="tensorboard"), data))
     assert resumed == str(checkpoints / "checkpoint-10")
 
 
@@ -353,3 +353,228 @@ def test_a_short_bf16_fine_tuning_on_cuda(data, tmp_path):
     peak = peak_flops_per_s(torch.cuda.get_device_name(), metrics["precision"])
     assert metrics["mfu"] == (pytest.approx(metrics["achieved_flops_per_s"] / peak) if peak else None)
     assert metrics["validation"]["total"] == 128
+
+
+# ------------------------------------------------------------------------------------------ what a resume depends on
+
+
+def interrupt_at_step(monkeypatch, step: int) -> None:
+    """SIGTERM during training step `step`, as SLURM sends it before preemption."""
+    real_step_end = train._LogLastStep.on_step_end
+
+    def sigterm_at_step(self, args, state, control, **kwargs):
+        if state.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step_end(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(train._LogLastStep, "on_step_end", sigterm_at_step)
+
+
+def write_local_task(folder: Path, flipped: bool = False) -> dict:
+    """The synthetic sentences as local TSV files (train.tsv, dev.tsv), their labels flipped if asked."""
+    from crisp.synthetic import generate_synthetic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split, size in (("train.tsv", "train", 640), ("dev.tsv", "validation", 128)):
+        frame = generate_synthetic(size, seed=0, split=split)
+        if flipped:
+            frame["label"] = 1 - frame["label"]
+        frame.to_csv(folder / name, sep="\t", index=False)
+    return resolve_task({"name": "local", "train_file": str(folder / "train.tsv"),
+                         "validation_file": str(folder / "dev.tsv"), "text_column": "text"})
+
+
+def test_changed_data_files_never_resume_an_old_checkpoint(tmp_path, monkeypatch, capfd):
+    spec = write_local_task(tmp_path / "files")
+    settings = {**make_settings(), "dataset": spec}
+    prepared = prepare(spec, "bundled:minilm", MAX_LENGTH, tmp_path / "data")
+    interrupt_at_step(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted):
+        train_run(settings, prepared, tmp_path / "run", tmp_path / "ck", threads=2)
+    monkeypatch.undo()
+    assert list((tmp_path / "ck").glob("checkpoint-*"))
+
+    # The labels flipped in both files, at the same paths: the data job reruns, the settings are unchanged.
+    write_local_task(tmp_path / "files", flipped=True)
+    prepare(spec, "bundled:minilm", MAX_LENGTH, tmp_path / "data")
+    capfd.readouterr()
+    metrics = train_run(settings, prepared, tmp_path / "run", tmp_path / "ck", threads=2)
+    assert "different configuration" in capfd.readouterr().out
+    assert metrics["resumed_from_step"] == 0
+    fresh = train_run(settings, prepared, tmp_path / "fresh", tmp_path / "ck-fresh", threads=2)
+    assert without_timings(metrics) == without_timings(fresh)
+    same_result(tmp_path / "run", tmp_path / "fresh")
+
+
+def test_a_local_model_folder_replaced_in_place_never_resumes_an_old_checkpoint(data, tmp_path, monkeypatch, capfd):
+    folder = tmp_path / "model"
+    torch.manual_seed(0)
+    load_model("tiny:bert").save_pretrained(folder)
+    settings = make_settings(model=str(folder))
+    stamp = checkpoint_stamp(settings, data)
+    interrupt_at_step(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted):
+        train_run(settings, data, tmp_path / "run", tmp_path / "ck", threads=2)
+    monkeypatch.undo()
+
+    torch.manual_seed(1)
+    load_model("tiny:bert").save_pretrained(folder)  # other weights under the same path
+    assert checkpoint_stamp(settings, data) != stamp
+    capfd.readouterr()
+    metrics = train_run(settings, data, tmp_path / "run", tmp_path / "ck", threads=2)
+    assert "different configuration" in capfd.readouterr().out
+    assert metrics["resumed_from_step"] == 0
+
+
+# ------------------------------------------------------------------------------------------ gradient accumulation
+
+
+@pytest.mark.parametrize("model", ["tiny:distilbert", "tiny:bert", "tiny:roberta"])
+def test_gradient_accumulation_matches_the_same_batch_in_one_step(data, tmp_path, model):
+    """Batch 16 x 2 accumulation steps trains as batch 32 x 1: the same losses, gradient norms and metrics."""
+    dense = {**DENSE, "attention_dropout": 0.0}
+
+    def history(batch_size: int, accumulation: int) -> list[dict]:
+        settings = make_settings("dense_baseline", dense, model=model, batch_size=batch_size,
+                                 gradient_accumulation_steps=accumulation, evals_per_epoch=4)
+        built = train.build(settings, data)
+        for module in built.model.modules():  # no dropout: its masks are drawn per batch shape
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        trainer = train.make_trainer(built, settings, train.Hardware("cpu", "fp32"),
+                                     tmp_path / f"ck-{batch_size}", callbacks=[train._LogLastStep()])
+        trainer.train()
+        return trainer.state.log_history
+
+    accumulated, single = history(16, 2), history(32, 1)
+    assert [entry["step"] for entry in accumulated] == [entry["step"] for entry in single]
+    for step_accumulated, step_single in zip(accumulated, single):
+        for key in ("loss", "grad_norm", "eval_loss", "eval_accuracy", "eval_primary", "train_loss"):
+            if key in step_single:
+                assert step_accumulated[key] == pytest.approx(step_single[key], rel=1e-4, abs=1e-6), (
+                    step_single["step"], key)
+    assert sum("loss" in entry for entry in single) >= 2 and sum("grad_norm" in entry for entry in single) >= 2
+
+
+# ------------------------------------------------------------------------------------------ divergence
+
+
+@pytest.mark.parametrize("diverging", [{"learning_rate": 1e300}, {"weight_decay": float("nan")}])
+def test_a_run_whose_loss_becomes_non_finite_fails_naming_the_step(data, tmp_path, diverging):
+    from crisp.errors import USER_ERRORS, TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"step \d+") as diverged:
+        train_run(make_settings(**diverging), data, tmp_path / "run", tmp_path / "ck", threads=2)
+    assert isinstance(diverged.value, USER_ERRORS) and exit_code(diverged.value) == 1  # the job fails
+    assert "\n" not in str(diverged.value)
+    assert not (tmp_path / "run" / "metrics.json").exists()  # nothing for the tables to read
+
+
+# ------------------------------------------------------------------------------------------ unloadable checkpoints
+
+
+class _NotATensor:
+    pass
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.pt", "rng_state.pth"])
+def test_an_unloadable_newest_checkpoint_falls_back_to_an_older_one(reference, data, tmp_path, capfd, damaged):
+    root, _ = reference
+    checkpoints = copy_checkpoints(root, tmp_path / "ck")
+    # a complete archive that cannot be unpickled safely (what a different torch or a foreign file gives)
+    torch.save({"state": _NotATensor()}, checkpoints / "checkpoint-10" / damaged)
+
+    metrics = train_run(make_settings(), data, tmp_path / "run", checkpoints, threads=2)
+    log = capfd.readouterr().out
+    assert f"Removing unusable checkpoint {checkpoints / 'checkpoint-10'}: {damaged}" in log
+    assert f"Resuming from {checkpoints / 'checkpoint-5'}" in log
+    assert metrics["resumed_from_step"] == 5
+    same_result(tmp_path / "run", root / "run")
+
+
+# ------------------------------------------------------------------------------------------ one run at a time
+
+
+def test_a_second_train_on_the_same_folders_stops_at_once(data, tmp_path):
+    from crisp.errors import USER_ERRORS
+
+    driver = (
+        "import json, sys\n"
+        "from crisp.train import train_run\n"
+        "train_run(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], threads=1)\n"
+    )
+    checkpoints = tmp_path / "ck"
+    settings = make_settings(epochs=20)  # long enough to be running while the second one starts
+    process = subprocess.Popen([sys.executable, "-c", driver, json.dumps(settings), str(data), str(tmp_path / "run"),
+                                str(checkpoints)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):  # the first is training
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(USER_ERRORS, match="another `crisp train`") as busy:
+            train_run(settings, data, tmp_path / "run", checkpoints, threads=1)
+        assert time.monotonic() - started < 30 and str(tmp_path / "run") in str(busy.value)
+        assert process.poll() is None  # the first one goes on, its checkpoints untouched
+        assert list(checkpoints.glob("checkpoint-*"))
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+
+
+def test_the_lock_dies_with_its_process(reference, data, tmp_path):
+    root, _ = reference
+    checkpoints = copy_checkpoints(root, tmp_path / "ck")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from crisp.checkpoints import run_lock\n"
+        "with run_lock(Path(sys.argv[1]), Path(sys.argv[2])):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(600)\n"), str(tmp_path / "run"), str(checkpoints)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(Exception, match="another `crisp train`"):
+            train_run(make_settings(), data, tmp_path / "run", checkpoints, threads=2)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    metrics = train_run(make_settings(), data, tmp_path / "run", checkpoints, threads=2)
+    assert metrics["resumed_from_step"] == 10
+    same_result(tmp_path / "run", root / "run")
+
+
+@pytest.mark.parametrize("unwritable", ["read-only", "under a file"])
+def test_a_run_folder_that_cannot_be_written_is_reported_before_training(data, tmp_path, monkeypatch, unwritable):
+    from crisp.errors import USER_ERRORS
+
+    if unwritable == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        run_dir.chmod(0o555)
+    else:
+        (tmp_path / "file").write_text("")
+        run_dir = tmp_path / "file" / "run"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    with pytest.raises(USER_ERRORS, match="cannot be written") as error:
+        train_run(make_settings(), data, run_dir, tmp_path / "ck", threads=2)
+    assert str(run_dir) in str(error.value)
+
+
+def test_crisp_train_on_a_folder_that_cannot_be_written_fails_in_one_line(data, tmp_path, capsys):
+    from crisp.cli import main
+    from crisp.settings import as_json
+
+    (tmp_path / "file").write_text("")
+    code = main(["train", "--settings", as_json(make_settings()), "--data", str(data),
+                 "--out", str(tmp_path / "file" / "run"), "--checkpoints", str(tmp_path / "ck")])
+    error = capsys.readouterr().err
+    assert code == 1 and "cannot be written" in error and "Traceback" not in error
+    assert error.strip().count("\n") == 0, error

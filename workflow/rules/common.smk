@@ -86,6 +86,16 @@ def local_data_files(wildcards):
     )
 
 
+def local_model_files(wildcards):
+    """A local model folder's files, so that replacing its weights in place reruns its runs (the
+    resume stamp holds a digest of the same files)."""
+    spec = str(MODELS[wildcards.model])
+    folder = Path(spec).expanduser()
+    if spec.startswith(("tiny:", "bundled:")) or not folder.is_dir():
+        return []
+    return sorted(str(path) for path in folder.rglob("*") if path.is_file())
+
+
 def figure_report(name):
     """A figure's place in the HTML report: grouped by task and model, with its caption."""
     parts = name.split("/")

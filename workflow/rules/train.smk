@@ -4,6 +4,7 @@ rule train:
     rerun does not delete them."""
     input:
         data=lambda w: data_dir(R, w.task, tokenizer_of(MODELS[w.model])),
+        model=local_model_files,
         code=crisp_sources(
             "train",
             "checkpoints",
