@@ -17,19 +17,8 @@ from typing import Any
 import yaml
 
 from crisp.errors import ConfigError
-
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Return `base` updated recursively by `override` (nested mappings merge, others replace)."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+from crisp.schema import SCHEMA_PATH, merge, schema_defaults  # noqa: F401 (merge, schema_defaults re-exported)
+from crisp.tasks import resolve_task
 
 
 def parse_override(text: str) -> dict:
@@ -155,8 +144,6 @@ def validate_config(config: dict) -> dict:
             if not (isinstance(spec, dict) and "sweep" in spec)
         }
     if isinstance(config.get("tasks"), dict):
-        from crisp.tasks import resolve_task
-
         # Presets first: filled in by the schema, the defaults would hide a preset's values.
         config["tasks"] = {
             name: resolve_task(spec, where=f"tasks.{name}") if isinstance(spec, dict) else spec
@@ -228,25 +215,3 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (),
     for text in overrides:
         config = merge(config, parse_override(text))
     return validate_config(config)
-
-
-def schema_defaults(section: str) -> dict:
-    """The schema's defaults for one top-level section (e.g. "training"), nested ones included; for a
-    map of named items (tasks), the defaults of one item.
-
-    For library callers that pass a partial section; a validated configuration already has them.
-    """
-
-    def defaults(schema: dict) -> dict:
-        if "properties" not in schema and isinstance(schema.get("additionalProperties"), dict):
-            schema = schema["additionalProperties"]  # a map of names to items (tasks): the item's defaults
-        result = {}
-        for key, sub in schema.get("properties", {}).items():
-            if sub.get("type") == "object" and "properties" in sub:
-                result[key] = merge(sub.get("default", {}), defaults(sub))
-            elif "default" in sub:
-                result[key] = copy.deepcopy(sub["default"])
-        return result
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    return defaults(schema["properties"][section])

@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 import functools
 
-from crisp.config import merge, schema_defaults
 from crisp.errors import ConfigError
+from crisp.schema import merge, schema_defaults
 
 METRICS = ("accuracy", "mcc", "f1")
 
