@@ -153,6 +153,9 @@ def validate_config(config: dict) -> dict:
     if best is not None:
         raise _schema_error(best)
 
+    _pin_models(config)
+    _check_dataset_revisions(config["tasks"])
+
     from crisp.layout import model_spec_problem
     from crisp.patterns import ExperimentError, check_experiment
 
@@ -199,6 +202,53 @@ def validate_config(config: dict) -> dict:
             f"({', '.join(config['experiments'])}); name the experiment the others are compared with"
         )
     return config
+
+
+def _pin_models(config: dict) -> None:
+    """Model entries written {id, revision} become their id, the revision moving to `revisions`:
+    every stage sees models as spec strings and finds a pin in one place."""
+    from crisp.layout import is_hub_model
+
+    revisions = config["revisions"]
+    models: list[str] = []
+    for index, model in enumerate(config["models"]):
+        if isinstance(model, dict):
+            spec, revision = model["id"], model.get("revision")
+            if revision is not None and revisions.setdefault(spec, revision) != revision:
+                raise ConfigError(
+                    f"config key 'models.{index}.revision': {revision!r}, but revisions.{spec} is "
+                    f"{revisions[spec]!r}; pin the model in one place"
+                )
+            model = spec
+        if model in models:
+            raise ConfigError(f"config key 'models.{index}': {model!r} is listed twice")
+        models.append(model)
+    config["models"] = models
+    for spec in revisions:
+        if spec not in models or not is_hub_model(spec):
+            hub = [model for model in models if is_hub_model(model)]
+            raise ConfigError(
+                f"config key 'revisions.{spec}': not one of the configuration's Hub models "
+                f"({', '.join(hub) or 'none'}); a Hub data set's revision is its task's `revision` key"
+            )
+
+
+def _check_dataset_revisions(tasks: dict) -> None:
+    """Tasks that read the same Hub data set (repository and configuration) must agree on its revision:
+    it is fetched once."""
+    from crisp.tasks import hub_dataset
+
+    pinned: dict[tuple, tuple[str, str | None]] = {}
+    for name, spec in tasks.items():
+        source = hub_dataset(spec["name"])
+        if source is None:
+            continue
+        other, revision = pinned.setdefault(source, (name, spec["revision"]))
+        if revision != spec["revision"]:
+            raise ConfigError(
+                f"config key 'tasks.{name}.revision': {spec['revision']!r}, but task {other!r} reads the same "
+                f"data set ({spec['name']}) at {revision!r}; give both the same revision"
+            )
 
 
 def sweep_experiment_name(sweep: str, sparsity: float) -> str:

@@ -170,31 +170,36 @@ def require_hub(what: str, hint: str,
     )
 
 
-def _from_hub(load, hub_id: str, **kwargs):
-    """Call a from_pretrained-style loader: cache first, then the Hub if it is reachable."""
+def _from_hub(load, hub_id: str, revision: str | None = None, **kwargs):
+    """Call a from_pretrained-style loader: cache first, then the Hub if it is reachable.
+    revision: a commit hash, tag or branch (a fetch record's commit); None is the default branch."""
+    if revision is not None:
+        kwargs["revision"] = revision
     try:
         return load(hub_id, local_files_only=True, **kwargs)
     except OSError:
         pass  # not (completely) cached
-    require_hub(f"Model '{hub_id}'", OFFLINE_MODEL_HINT)
+    require_hub(f"Model '{hub_id}'" + (f" at revision {revision}" if revision else ""), OFFLINE_MODEL_HINT)
     return load(hub_id, **kwargs)
 
 
 # --- Loaders ---------------------------------------------------------------------------------
 
-def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(spec: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """revision: of a Hub model (see _from_hub); ignored for the others."""
     resolved = resolve_spec(spec)
     if resolved.kind == "tiny":
         # The tiny models have no vocabulary of their own; they borrow the bundled one.
         return AutoTokenizer.from_pretrained(_bundled_minilm_path())
     if resolved.kind == "hub":
-        return _from_hub(AutoTokenizer.from_pretrained, resolved.location)
+        return _from_hub(AutoTokenizer.from_pretrained, resolved.location, revision)
     return AutoTokenizer.from_pretrained(resolved.location)
 
 
 def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None,
-                      attention_dropout: float | None = None) -> PretrainedConfig:
+                      attention_dropout: float | None = None, revision: str | None = None) -> PretrainedConfig:
     """The model's configuration with a sequence-classification head of num_labels classes.
+    revision: of a Hub model (see _from_hub); ignored for the others.
 
     attention_dropout: the dropout rate on attention probabilities, set through the architecture's
     own config key (see ATTENTION_DROPOUT_KEYS); None keeps the model's own rate.
@@ -207,7 +212,7 @@ def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] |
     if resolved.kind == "tiny":
         config = _tiny_config(resolved.location, **head)
     elif resolved.kind == "hub":
-        config = _from_hub(AutoConfig.from_pretrained, resolved.location, **head)
+        config = _from_hub(AutoConfig.from_pretrained, resolved.location, revision, **head)
     else:
         if not (Path(resolved.location) / "config.json").is_file():
             raise FileNotFoundError(f"Model directory '{spec}' has no config.json; "
@@ -237,21 +242,22 @@ def set_attention_dropout(config: PretrainedConfig, rate: float) -> None:
 
 
 def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None,
-               attention_dropout: float | None = None) -> PreTrainedModel:
+               attention_dropout: float | None = None, revision: str | None = None) -> PreTrainedModel:
     """A sequence classifier with a freshly initialised classification head.
 
     Random initialisation (the tiny models, and every classifier head) draws from torch's
     global generator: call torch.manual_seed (or transformers.set_seed) first to fix it.
-    attention_dropout: see load_model_config.
+    attention_dropout, revision: see load_model_config.
     """
     from transformers import AutoModelForSequenceClassification
 
     resolved = resolve_spec(spec)
-    config = load_model_config(spec, num_labels=num_labels, id2label=id2label, attention_dropout=attention_dropout)
+    config = load_model_config(spec, num_labels=num_labels, id2label=id2label, attention_dropout=attention_dropout,
+                               revision=revision)
     if resolved.kind == "tiny":
         return AutoModelForSequenceClassification.from_config(config)
     if resolved.kind == "hub":
-        return _from_hub(AutoModelForSequenceClassification.from_pretrained, resolved.location, config=config)
+        return _from_hub(AutoModelForSequenceClassification.from_pretrained, resolved.location, revision, config=config)
     return AutoModelForSequenceClassification.from_pretrained(resolved.location, config=config)
 
 

@@ -163,18 +163,20 @@ class Built:
     label_names: list[str]
 
 
-def build(settings: dict, data_dir: str | Path) -> Built:
-    """The prepared data, the tokenizer and the model of the run, its sparse attention applied."""
+def build(settings: dict, data_dir: str | Path, model_revision: str | None = None) -> Built:
+    """The prepared data, the tokenizer and the model of the run, its sparse attention applied.
+    model_revision: the commit of a Hub model (its fetch record's), for the model and its tokenizer."""
     attention = settings["attention"]
     data = load_prepared(data_dir)
     label_names = read_stats(data_dir)["label_names"]
-    tokenizer = load_tokenizer(settings["tokenizer"])
+    tokenizer = load_tokenizer(settings["tokenizer"], revision=model_revision)
     set_seed(settings["seed"])  # the new classifier head is initialised from this seed
     model = load_model(
         settings["model"],
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         attention_dropout=attention["attention_dropout"],
+        revision=model_revision,
     )
     sparsify(
         model,
@@ -479,6 +481,21 @@ def training_cost(trainer: Trainer, built: Built, epochs: float, fitted: Fit, ha
     }
 
 
+def sources(settings: dict, data_dir: str | Path, model_revision: str | None) -> dict:
+    """What the run was made from: the model, the tokenizer and the data set, each with the commit of
+    its Hub repository (null for bundled, tiny, local and synthetic inputs, which have none)."""
+    from crisp.tasks import hub_dataset
+
+    stats = read_stats(data_dir)
+    dataset = stats.get("dataset") or settings["dataset"]
+    repository, config = hub_dataset(dataset["name"]) or (dataset["name"], None)
+    return {
+        "model": {"id": settings["model"], "revision": model_revision},
+        "tokenizer": {"id": stats.get("tokenizer", settings["tokenizer"]), "revision": stats.get("tokenizer_revision")},
+        "dataset": {"id": repository, "config": config, "revision": dataset.get("revision")},
+    }
+
+
 def provenance(settings: dict, hardware: Hardware) -> dict:
     """Where and how the run was made, to reproduce or question it."""
     return {
@@ -504,11 +521,13 @@ def train_run(
     *,
     threads: int | None = None,
     keep_checkpoints: bool = False,
+    model_revision: str | None = None,
 ) -> dict:
     """Train one run on the prepared data and write its run folder (crisp.runs). Returns the metrics.
 
     settings: what crisp.settings.train_settings returns. threads: CPU threads for torch (None: torch's
     default). keep_checkpoints: keep the resume checkpoints once the run folder is complete.
+    model_revision: the commit of a Hub model to load (what its fetch record names).
     Raises TrainingInterrupted when SIGTERM stopped training (a checkpoint is saved: rerun to resume).
     """
     run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
@@ -520,7 +539,7 @@ def train_run(
         torch.cuda.reset_peak_memory_stats()
 
     with StopOnSignal() as stop:  # from building the model to removing the checkpoints
-        built = build(settings, data_dir)
+        built = build(settings, data_dir, model_revision)
         # Checkpoints resume only the same settings run by the same training code.
         resume_from = prepare_checkpoint_dir(checkpoint_dir, checkpoint_stamp(settings))
         with _tensorboard_dir(run_dir, training["report_to"]):
@@ -536,6 +555,7 @@ def train_run(
             **training_summary(trainer, fitted, training["epochs"]),
             **training_cost(trainer, built, training["epochs"], fitted, hardware),
             **provenance(settings, hardware),
+            "sources": sources(settings, data_dir, model_revision),
         }
         write_run(run_dir, metrics, _history(trainer.state.log_history), predictions, {
             "experiment": settings["experiment"], "seed": settings["seed"], **example})

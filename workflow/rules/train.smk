@@ -4,6 +4,7 @@ rule train:
     rerun does not delete them."""
     input:
         data=lambda w: data_dir(R, w.task, tokenizer_of(MODELS[w.model])),
+        fetched=model_fetches,
         code=crisp_sources(
             "train",
             "checkpoints",
@@ -15,6 +16,7 @@ rule train:
             "metrics",
             "devices",
             "flops",
+            "fetch",
         ),
     output:
         [
@@ -44,5 +46,6 @@ rule train:
         ),
         keep="--keep-checkpoints" if config["training"]["keep_checkpoints"] else "",
     shell:
-        "python -m crisp train --settings {params.settings:q} --data {input.data} --out {params.run_dir}"
+        "HF_HUB_OFFLINE=1 python -m crisp train --settings {params.settings:q} --fetched {input.fetched:q}"
+        " --data {input.data} --out {params.run_dir}"
         " --checkpoints {params.checkpoints} --threads {threads} {params.keep} > {log} 2>&1"
