@@ -49,7 +49,7 @@ def test_default_config_plans_the_paper_dag(tmp_path):
     n_experiments, n_seeds = len(config["experiments"]), len(config["seeds"])
     jobs = planned_jobs(ROOT, "--config", f"results={tmp_path}")
     assert jobs == Counter(
-        {"data": 1, "train": n_experiments * n_seeds, "flops": 1, "tables": 1, "figures": 1, "all": 1}
+        {"fetch": 2, "data": 1, "train": n_experiments * n_seeds, "flops": 1, "tables": 1, "figures": 1, "all": 1}
     )
 
 
@@ -60,6 +60,7 @@ def test_glue_config_plans_the_matrix(tmp_path):
     assert jobs["train"] == tasks * models * experiments * seeds == 420
     assert jobs["data"] == tasks * models  # one tokenizer per model
     assert jobs["flops"] == models  # one per model, every experiment
+    assert jobs["fetch"] == models + tasks  # each Hub model, and each task's configuration of nyu-mll/glue
 
 
 def test_parsing_the_workflow_imports_no_ml_library_and_writes_nothing(tmp_path):
