@@ -180,18 +180,28 @@ def _require_hub(kind: str, repo_id: str, config: str | None, revision: str | No
 
 
 def _download(kind: str, repo_id: str, config: str | None, revision: str | None) -> tuple[str, list[str]]:
-    """Resolve the revision to a commit once, then download that commit's files that are needed."""
+    """Download the files that are needed at `revision`; the snapshot folder's name is the commit it
+    resolved to. Asked for a branch or tag, huggingface_hub also writes refs/<revision>, so that a
+    later fetch of the same revision is served from the cache."""
     from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
-    api = HfApi()
-    info = api.repo_info(repo_id, repo_type=kind, revision=revision)
-    commit = info.sha
-    if kind == "model":
-        patterns = model_patterns([sibling.rfilename for sibling in info.siblings or []])
-    else:
-        readme = Path(hf_hub_download(repo_id, README, repo_type="dataset", revision=commit))
-        patterns = dataset_patterns(readme.read_text(encoding="utf-8"), config)
-    folder = _snapshot(kind, repo_id, commit, allow_patterns=patterns)
+    what = f"{kind} {repo_id}" + (f" (configuration {config})" if config else "")
+    try:
+        if kind == "model":
+            info = HfApi().repo_info(repo_id, repo_type=kind, revision=revision)
+            patterns = model_patterns([sibling.rfilename for sibling in info.siblings or []])
+            # By commit: the files of exactly the commit whose listing chose them.
+            folder = _snapshot(kind, repo_id, info.sha, allow_patterns=patterns)
+            if revision is None or revision != info.sha:
+                _snapshot(kind, repo_id, revision, allow_patterns=patterns)  # writes refs/<revision>; no download
+        else:
+            readme = Path(hf_hub_download(repo_id, README, repo_type="dataset", revision=revision))
+            patterns = dataset_patterns(readme.read_text(encoding="utf-8"), config)
+            folder = _snapshot(kind, repo_id, readme.parent.name, allow_patterns=patterns)
+    except HfHubHTTPError as error:
+        problem = " ".join(str(error).split())
+        raise FetchError(f"{what} at revision {revision or 'main'} cannot be fetched from the Hub: {problem}") from None
     return folder, patterns
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hf_cache import DATASET_COMMIT, DATASET_ID, MODEL_COMMIT, MODEL_ID, cache_environment, repo_folder, seed_cache
+from hub_server import HubServer, Repository
 
 from crisp.config import load_config
 from crisp.errors import ConfigError, FetchError
@@ -114,6 +115,45 @@ def test_a_pinned_revision_missing_from_the_cache_fails_at_once_in_one_line(hf_h
     assert MODEL_ID in lines[0] and "0123456789abcdef0123456789abcdef01234567" in lines[0]
     assert "snakemake --until fetch" in lines[0] and "cannot be reached" in lines[0]
     assert not (tmp_path / "fetch" / "models").exists()  # no record of what was not fetched
+
+
+def test_what_the_cache_lacks_is_downloaded_from_a_server_speaking_the_hub_protocol(hf_home, tmp_path):
+    """huggingface_hub's own download path, against a Hub on the loopback address (tests/hub_server.py)
+    serving the seeded files; afterwards the new cache serves them without a request."""
+    served = {
+        ("model", MODEL_ID): repo_folder(hf_home / "hub", "model", MODEL_ID) / "snapshots" / MODEL_COMMIT,
+        ("dataset", DATASET_ID): repo_folder(hf_home / "hub", "dataset", DATASET_ID) / "snapshots" / DATASET_COMMIT,
+    }
+    commits = {("model", MODEL_ID): MODEL_COMMIT, ("dataset", DATASET_ID): DATASET_COMMIT}
+    repositories = [Repository(kind, repo, commits[kind, repo], folder) for (kind, repo), folder in served.items()]
+    empty_home = tmp_path / "hf-home"
+    out = tmp_path / "fetch"
+    command = [sys.executable, "-m", "crisp", "fetch", "--config", str(REPO / "config.yaml"), "--out", str(out)]
+    with HubServer(repositories) as server:
+        env = {**offline_environment(empty_home, tmp_path / "download.log"), "HF_ENDPOINT": server.endpoint}
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert any(request.startswith("GET") and request.endswith("/model.safetensors") for request in server.requests)
+
+    for (kind, repo_id), name in ((("model", MODEL_ID), f"models/{MODEL_ID}"), (("dataset", DATASET_ID),
+                                  "datasets/nyu-mll--glue--sst2")):  # fmt: skip
+        record = json.loads((out / f"{name}.json").read_text())
+        commit = commits[kind, repo_id]
+        assert (record["commit"], record["source"]) == (commit, "hub")
+        repo = repo_folder(empty_home / "hub", kind, repo_id)
+        assert (repo / "refs" / "main").read_text() == commit  # as huggingface_hub writes it
+        for file, size in record["files"].items():
+            downloaded = repo / "snapshots" / commit / file
+            assert downloaded.is_symlink() and downloaded.resolve().parent == (repo / "blobs").resolve()
+            assert downloaded.read_bytes() == (served[kind, repo_id] / file).read_bytes() and size > 0
+    assert "model.safetensors" in json.loads((out / f"models/{MODEL_ID}.json").read_text())["files"]
+
+    # The server is gone: the new cache serves both, without a request.
+    log = tmp_path / "network.log"
+    again = run_blocked(command, offline_environment(empty_home, log), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / f"models/{MODEL_ID}.json").read_text())["source"] == "cache"
+    assert network_attempts(log) == []
 
 
 def test_a_model_entry_pins_its_revision_and_a_task_its_data_sets():
