@@ -92,6 +92,10 @@ def cmd_fetch(args) -> None:
     from crisp.fetch import fetch
 
     if args.settings:
+        if not args.out:
+            from crisp.errors import ConfigError
+
+            raise ConfigError("crisp fetch --settings needs --out FILE.json, where the record goes")
         fetches = {Path(args.out): _settings(args, "fetch", ())}
     else:  # every Hub input of the configuration, records under --out (default <results>/fetch)
         from crisp.settings import fetch_settings

@@ -18,7 +18,7 @@ import yaml
 
 from crisp.errors import ConfigError
 from crisp.schema import SCHEMA_PATH, merge, schema_defaults  # noqa: F401 (merge, schema_defaults re-exported)
-from crisp.tasks import resolve_task
+from crisp.tasks import hub_dataset, resolve_task
 
 
 def parse_override(text: str) -> dict:
@@ -236,8 +236,6 @@ def _pin_models(config: dict) -> None:
 def _check_dataset_revisions(tasks: dict) -> None:
     """Tasks that read the same Hub data set (repository and configuration) must agree on its revision:
     it is fetched once."""
-    from crisp.tasks import hub_dataset
-
     pinned: dict[tuple, tuple[str, str | None]] = {}
     for name, spec in tasks.items():
         source = hub_dataset(spec["name"])

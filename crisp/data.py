@@ -2,12 +2,14 @@
 
 A task's data comes from one of three sources, chosen by its TASK SPEC's `name` (see crisp.tasks):
   - a Hugging Face Hub data set. How a name splits into load_dataset's path and config:
-        "glue/sst2", "super_glue/boolq"   -> path glue / super_glue, config sst2 / boolq
-                                             (the canonical data sets with several configs)
+        "glue/sst2", "super_glue/boolq"   -> path nyu-mll/glue (GLUE's Hub repository) / super_glue,
+                                             config sst2 / boolq (data sets with several configs)
         "namespace/name" (stanfordnlp/sst2) -> path namespace/name, no config
         "namespace/name/config"             -> path namespace/name, config config
         "name" (imdb)                       -> path name, no config
     Only the spec's train_split and validation_split are used (GLUE's test labels are hidden).
+    With a `revision` (in the pipeline: the commit its fetch job recorded, crisp.fetch) the data set
+    is read from that snapshot in the Hugging Face cache, without a request.
   - "local": train_file and validation_file in .tsv, .csv, .jsonl or .parquet, each with a header
     naming its columns. Text files are UTF-8 (a byte-order mark is allowed; UTF-16 with one too),
     with LF or CRLF line ends; blank lines are skipped. .tsv is read without quote handling, as
