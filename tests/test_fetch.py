@@ -117,14 +117,33 @@ def test_a_pinned_revision_missing_from_the_cache_fails_at_once_in_one_line(hf_h
     assert not (tmp_path / "fetch" / "models").exists()  # no record of what was not fetched
 
 
-def test_what_the_cache_lacks_is_downloaded_from_a_server_speaking_the_hub_protocol(hf_home, tmp_path):
-    """huggingface_hub's own download path, against a Hub on the loopback address (tests/hub_server.py)
-    serving the seeded files; afterwards the new cache serves them without a request."""
+def served_repositories(hf_home: Path) -> tuple[dict, dict]:
+    """(kind, id) -> the seeded snapshot folder, and (kind, id) -> its commit."""
     served = {
         ("model", MODEL_ID): repo_folder(hf_home / "hub", "model", MODEL_ID) / "snapshots" / MODEL_COMMIT,
         ("dataset", DATASET_ID): repo_folder(hf_home / "hub", "dataset", DATASET_ID) / "snapshots" / DATASET_COMMIT,
     }
-    commits = {("model", MODEL_ID): MODEL_COMMIT, ("dataset", DATASET_ID): DATASET_COMMIT}
+    return served, {("model", MODEL_ID): MODEL_COMMIT, ("dataset", DATASET_ID): DATASET_COMMIT}
+
+
+def test_a_revision_the_hub_does_not_have_fails_in_one_line(hf_home, tmp_path):
+    served, commits = served_repositories(hf_home)
+    repositories = [Repository(kind, repo, commits[kind, repo], folder) for (kind, repo), folder in served.items()]
+    pins = write_config(tmp_path, revisions={MODEL_ID: "v9.9"})
+    command = [sys.executable, "-m", "crisp", "fetch", "--config", str(REPO / "config.yaml"), "--config", str(pins),
+               "--out", str(tmp_path / "fetch")]  # fmt: skip
+    with HubServer(repositories) as server:
+        env = {**offline_environment(tmp_path / "hf-home", tmp_path / "network.log"), "HF_ENDPOINT": server.endpoint}
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and MODEL_ID in lines[0] and "v9.9" in lines[0], result.stderr
+
+
+def test_what_the_cache_lacks_is_downloaded_from_a_server_speaking_the_hub_protocol(hf_home, tmp_path):
+    """huggingface_hub's own download path, against a Hub on the loopback address (tests/hub_server.py)
+    serving the seeded files; afterwards the new cache serves them without a request."""
+    served, commits = served_repositories(hf_home)
     repositories = [Repository(kind, repo, commits[kind, repo], folder) for (kind, repo), folder in served.items()]
     empty_home = tmp_path / "hf-home"
     out = tmp_path / "fetch"
