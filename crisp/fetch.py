@@ -175,7 +175,8 @@ def _require_hub(kind: str, repo_id: str, config: str | None, revision: str | No
     raise FetchError(
         f"{what} at revision {revision or 'main'} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
         f"the Hub ({hub_endpoint()}) cannot be reached: {reason}. Fetch it where the Hub can be reached, into the "
-        f"same cache (HF_HOME): `snakemake --until fetch` or `crisp fetch --config <config.yaml>`"
+        f"same cache (HF_HOME): `snakemake --until fetch` or `crisp fetch --config <config.yaml>`; or run "
+        "without the Hub: --configfile config/demo.yaml (bundled:minilm, synthetic data)"
     )
 
 

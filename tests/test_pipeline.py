@@ -278,8 +278,12 @@ def test_offline_paper_config_fails_fast_pointing_to_the_demo(tmp_path):
     target = "results/data/sst2/distilbert-base-uncased"  # the data job of the paper protocol
     result = run_snakemake(workdir, "--cores", "1", target, check=False, env=env, timeout=300)
     assert result.returncode != 0
-    log = (workdir / "results" / "logs" / "data" / "sst2" / "distilbert-base-uncased.log").read_text()
-    assert "config/demo.yaml" in log and "bundled:minilm" in log, log
+    # The fetch job stops it, in one line; the data job never starts.
+    logs = sorted((workdir / "results" / "logs" / "fetch").rglob("*.log"))
+    assert logs and not (workdir / "results" / "logs" / "data").exists()
+    for path in logs:
+        lines = path.read_text().strip().splitlines()
+        assert len(lines) == 1 and "config/demo.yaml" in lines[0] and "bundled:minilm" in lines[0], lines
 
 
 def test_report_groups_every_figure_with_its_caption(smoke):
