@@ -42,6 +42,7 @@ MODEL_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
 SAFETENSORS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json")
 PYTORCH_BIN = ("pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
 README = "README.md"
@@ -94,10 +95,15 @@ def _from_cache(kind: str, repo_id: str, config: str | None, revision: str | Non
         folder = _snapshot(kind, repo_id, revision, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         return None
-    names = [name for name in snapshot_files(folder, ["*"])]
+    names = list(snapshot_files(folder, ["*"]))
     if kind == "model":
         patterns = model_patterns(names)
-        complete = "config.json" in names and any(_matches(name, SAFETENSORS + PYTORCH_BIN) for name in names)
+        # A snapshot that from_pretrained filled only in part (a configuration alone) is fetched again.
+        complete = (
+            "config.json" in names
+            and any(_matches(name, SAFETENSORS + PYTORCH_BIN) for name in names)
+            and any(name in TOKENIZER_FILES for name in names)
+        )
     else:
         if README not in names:
             return None
@@ -164,7 +170,7 @@ def snapshot_files(folder: str | Path, patterns) -> dict[str, int]:
 
 
 def _require_hub(kind: str, repo_id: str, config: str | None, revision: str | None) -> None:
-    from crisp.modeling import hub_endpoint, hub_unreachable_reason
+    from crisp.hub import hub_endpoint, hub_unreachable_reason
 
     reason = hub_unreachable_reason(OFFLINE_VARIABLES)
     if reason is None:

