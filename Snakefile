@@ -6,9 +6,11 @@
 #   snakemake --report results/report.html                  # HTML report with every figure
 #
 # DAG, for every task x model x experiment x seed:
-#   data (per task and tokenizer) -> train (per run) -> tables -> figures; flops per model.
+#   fetch (per Hub model and Hub data set, on the submitting host) -> data (per task and
+#   tokenizer) -> train (per run) -> tables -> figures; flops per model.
 # Each rule is one `crisp` sub-command of the same name; the logic lives in the crisp package.
 
+import re
 import shlex
 import sys
 
@@ -39,8 +41,10 @@ wildcard_constraints:
     tokenizer="|".join(TOKENIZERS),
     experiment="|".join(EXPERIMENTS),
     seed=r"\d+",
+    source="|".join(re.escape(name) for name in FETCHES) or "no-fetch",
 
 
+include: "workflow/rules/fetch.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/flops.smk"

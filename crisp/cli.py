@@ -1,6 +1,7 @@
 """`crisp` command line: one sub-command per pipeline stage, named as its rule, module and folder.
 
     crisp config   print the resolved, validated configuration
+    crisp fetch    put a Hub model or data set into the HF cache -> results/fetch/{models,datasets}/<name>.json
     crisp data     tokenise one task's data once        -> results/data/<task>/<tokenizer>/
     crisp train    fine-tune one run                    -> results/runs/<task>/<model>/<experiment>/seed<seed>/
     crisp flops    FLOP account of one model            -> results/flops/<model>/<experiment>.json
@@ -49,6 +50,16 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, *names: str) -> Non
         group.add_argument(f"--{name}", type=int if name == "seed" else str, help=f"with --config: the {name}")
 
 
+def _add_fetched_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fetched",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="fetch records (crisp fetch): Hub models and data sets are loaded at the commits they name",
+    )
+
+
 def _load_config(args) -> dict:
     from crisp.config import load_config
     from crisp.errors import ConfigError
@@ -80,15 +91,52 @@ def cmd_config(args) -> None:
     print(yaml.safe_dump(_load_config(args), sort_keys=False), end="")
 
 
+def cmd_fetch(args) -> None:
+    from pathlib import Path
+
+    from crisp.fetch import fetch
+
+    if args.settings:
+        if not args.out:
+            from crisp.errors import ConfigError
+
+            raise ConfigError("crisp fetch --settings needs --out FILE.json, where the record goes")
+        fetches = {Path(args.out): _settings(args, "fetch", ())}
+    else:  # every Hub input of the configuration, records under --out (default <results>/fetch)
+        from crisp.settings import fetch_settings
+
+        config = _load_config(args)
+        folder = Path(args.out or f"{config['results']}/fetch")
+        fetches = {folder / f"{name}.json": settings for name, settings in fetch_settings(config).items()}
+    for out, settings in fetches.items():
+        record = fetch(settings, out)
+        size = sum(record["files"].values())
+        print(f"{record['kind']} {record['id']} at {record['commit']} ({len(record['files'])} files, "
+              f"{size / 2**20:.1f} MiB, from the {record['source']}) -> {out}")
+
+
+def _fetched(args, kind: str, repo_id: str, requested: str | None, config: str | None = None) -> str | None:
+    """The commit a fetch record given with --fetched names for (kind, id); else the requested revision."""
+    from crisp.fetch import fetched_commit
+
+    return fetched_commit(args.fetched, kind, repo_id, requested, config) or requested
+
+
 def cmd_data(args) -> None:
     from crisp.data import prepare
+    from crisp.tasks import hub_dataset
 
     if args.settings is None and args.tokenizer is None and args.model is not None:
         from crisp.layout import tokenizer_of
 
         args.tokenizer = tokenizer_of(args.model)
     settings = _settings(args, "data", ("task", "tokenizer"))
-    out = prepare(settings["dataset"], settings["tokenizer"], settings["max_length"], args.out)
+    dataset = dict(settings["dataset"])
+    if (source := hub_dataset(dataset["name"])) is not None:
+        dataset["revision"] = _fetched(args, "dataset", source[0], dataset["revision"], source[1])
+    tokenizer_revision = _fetched(args, "model", settings["tokenizer"], settings["tokenizer_revision"])
+    out = prepare(dataset, settings["tokenizer"], settings["max_length"], args.out,
+                  tokenizer_revision=tokenizer_revision)
     print(f"Prepared task {settings['task']} in {out}")
 
 
@@ -108,6 +156,7 @@ def cmd_train(args) -> None:
             args.checkpoints,
             threads=args.threads,
             keep_checkpoints=args.keep_checkpoints,
+            model_revision=_fetched(args, "model", settings["model"], settings["model_revision"]),
         )
     validation = metrics["validation"]
     print(
@@ -128,6 +177,7 @@ def cmd_flops(args) -> None:
         run_profile(
             {
                 "model": settings["model"],
+                "model_revision": _fetched(args, "model", settings["model"], settings["model_revision"]),
                 "experiment": experiment,
                 "attention": attention,
                 "profiling": settings["profiling"],
@@ -195,10 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(run=cmd_config)
 
+    fetch = commands.add_parser(
+        "fetch", help="put a Hub model or data set into the Hugging Face cache (cache first) and record its commit"
+    )
+    _add_settings_arguments(fetch)
+    fetch.add_argument(
+        "--out", help="with --settings: the record (.json); with --config: their folder (default <results>/fetch)"
+    )
+    fetch.set_defaults(run=cmd_fetch)
+
     data = commands.add_parser("data", help="load, check and tokenise one task's data once (Arrow cache + stats.json)")
     _add_settings_arguments(data, "task", "tokenizer")
     data.add_argument("--model", help="with --config: tokenise for this model's tokenizer (instead of --tokenizer)")
     data.add_argument("--out", required=True, help="folder for the tokenised data")
+    _add_fetched_argument(data)
     data.set_defaults(run=cmd_data)
 
     train = commands.add_parser(
@@ -214,11 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--keep-checkpoints", action="store_true", help="keep the resume checkpoints after the run completes"
     )
+    _add_fetched_argument(train)
     train.set_defaults(run=cmd_train)
 
     flops = commands.add_parser("flops", help="analytic and measured FLOPs of one model under every experiment")
     _add_settings_arguments(flops, "model")
     flops.add_argument("--out", required=True, help="folder for one <experiment>.json per experiment")
+    _add_fetched_argument(flops)
     flops.set_defaults(run=cmd_flops)
 
     tables = commands.add_parser("tables", help="runs.csv, summary.{csv,md,tex}, flops.{csv,md}")

@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from crisp.errors import ConfigError
+from crisp.schema import SCHEMA_PATH, merge, schema_defaults  # noqa: F401 (merge, schema_defaults re-exported)
+from crisp.tasks import hub_dataset, resolve_task
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 # What a configuration may hold, checked as it is read (in bounded memory, before the schema or
 # Snakemake sees it): the schema's own maxLength for paths is PATH_MAX; label names are the longest lists.
 MAX_DEPTH = 32
@@ -77,16 +78,6 @@ def _unique_json_object(pairs: list) -> dict:
         data[key] = value
     return data
 
-
-def merge(base: dict, override: dict) -> dict:
-    """Return `base` updated recursively by `override` (nested mappings merge, others replace)."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def parse_override(text: str) -> dict:
@@ -294,8 +285,6 @@ def validate_config(config: dict) -> dict:
             if not (isinstance(spec, dict) and "sweep" in spec)
         }
     if isinstance(config.get("tasks"), dict):
-        from crisp.tasks import resolve_task
-
         # Presets first: filled in by the schema, the defaults would hide a preset's values.
         config["tasks"] = {
             name: resolve_task(spec, where=f"tasks.{name}") if isinstance(spec, dict) else spec
@@ -304,6 +293,9 @@ def validate_config(config: dict) -> dict:
     best = jsonschema.exceptions.best_match(_validator().iter_errors(config))
     if best is not None:
         raise _schema_error(best)
+
+    _pin_models(config)
+    _check_dataset_revisions(config["tasks"])
 
     from crisp.labels import label_names_problem
     from crisp.layout import model_spec_problem
@@ -359,6 +351,51 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def _pin_models(config: dict) -> None:
+    """Model entries written {id, revision} become their id, the revision moving to `revisions`:
+    every stage sees models as spec strings and finds a pin in one place."""
+    from crisp.layout import is_hub_model
+
+    revisions = config["revisions"]
+    models: list[str] = []
+    for index, model in enumerate(config["models"]):
+        if isinstance(model, dict):
+            spec, revision = model["id"], model.get("revision")
+            if revision is not None and revisions.setdefault(spec, revision) != revision:
+                raise ConfigError(
+                    f"config key 'models.{index}.revision': {revision!r}, but revisions.{spec} is "
+                    f"{revisions[spec]!r}; pin the model in one place"
+                )
+            model = spec
+        if model in models:
+            raise ConfigError(f"config key 'models.{index}': {model!r} is listed twice")
+        models.append(model)
+    config["models"] = models
+    for spec in revisions:
+        if spec not in models or not is_hub_model(spec):
+            hub = [model for model in models if is_hub_model(model)]
+            raise ConfigError(
+                f"config key 'revisions.{spec}': not one of the configuration's Hub models "
+                f"({', '.join(hub) or 'none'}); a Hub data set's revision is its task's `revision` key"
+            )
+
+
+def _check_dataset_revisions(tasks: dict) -> None:
+    """Tasks that read the same Hub data set (repository and configuration) must agree on its revision:
+    it is fetched once."""
+    pinned: dict[tuple, tuple[str, str | None]] = {}
+    for name, spec in tasks.items():
+        source = hub_dataset(spec["name"])
+        if source is None:
+            continue
+        other, revision = pinned.setdefault(source, (name, spec["revision"]))
+        if revision != spec["revision"]:
+            raise ConfigError(
+                f"config key 'tasks.{name}.revision': {spec['revision']!r}, but task {other!r} reads the same "
+                f"data set ({spec['name']}) at {revision!r}; give both the same revision"
+            )
+
+
 def sweep_experiment_name(sweep: str, sparsity: float) -> str:
     """topk_sweep at 0.6 -> topk_sweep_60; 0.95 -> topk_sweep_95; 0.125 -> topk_sweep_12.5"""
     percent = round(sparsity * 100, 6)
@@ -373,25 +410,3 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (),
     for text in overrides:
         config = merge(config, parse_override(text))
     return validate_config(config)
-
-
-def schema_defaults(section: str) -> dict:
-    """The schema's defaults for one top-level section (e.g. "training"), nested ones included; for a
-    map of named items (tasks), the defaults of one item.
-
-    For library callers that pass a partial section; a validated configuration already has them.
-    """
-
-    def defaults(schema: dict) -> dict:
-        if "properties" not in schema and isinstance(schema.get("additionalProperties"), dict):
-            schema = schema["additionalProperties"]  # a map of names to items (tasks): the item's defaults
-        result = {}
-        for key, sub in schema.get("properties", {}).items():
-            if sub.get("type") == "object" and "properties" in sub:
-                result[key] = merge(sub.get("default", {}), defaults(sub))
-            elif "default" in sub:
-                result[key] = copy.deepcopy(sub["default"])
-        return result
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    return defaults(schema["properties"][section])

@@ -21,6 +21,10 @@ class HubUnreachableError(RuntimeError):
     """A model or dataset is neither local nor cached, and the Hugging Face Hub cannot be reached."""
 
 
+class FetchError(RuntimeError):
+    """A Hub model or data set cannot be fetched (not cached, Hub unreachable), or its record is unusable."""
+
+
 class TrainingInterrupted(RuntimeError):
     """Training stopped on SIGTERM after saving a checkpoint; running it again resumes."""
 
@@ -42,6 +46,7 @@ USER_ERRORS = (
     DataError,
     RunFormatError,
     HubUnreachableError,
+    FetchError,
     TrainingInterrupted,
     TrainingDiverged,
     RunFolderError,

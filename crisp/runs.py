@@ -5,8 +5,9 @@
         history.csv       one row per evaluation during training (step, epoch, losses, accuracy, primary)
         predictions.csv   one row per validation example: index, label, prediction, probability,
                           prob_0 .. prob_{K-1}
-        metrics.json      the run's result and how it was made; written last, so its presence means
-                          the folder is complete
+        metrics.json      the run's result and how it was made (settings, versions, git commit, and
+                          `sources`: the model, tokenizer and data set ids with their Hub commits);
+                          written last, so its presence means the folder is complete
 
 Every file is written to a temporary name in the same folder and renamed into place, so a writer that
 fails (a full disk, a kill) never leaves a truncated file under the final name. The readers check what
@@ -63,7 +64,13 @@ RUN_FIELDS = {
     "achieved_flops_per_s": ("achieved_flops_per_s",),
     "peak_memory_mb": ("peak_memory_mb",),
     "mfu": ("mfu",),
+    # What the run was made from (metrics.json "sources"): the commits of its Hub model, tokenizer and
+    # data set; empty for bundled, tiny, local and synthetic inputs.
+    "model_revision": None,
+    "tokenizer_revision": None,
+    "dataset_revision": None,
 }
+PROVENANCE_COLUMNS = ("model_revision", "tokenizer_revision", "dataset_revision")
 RUN_COLUMNS = list(RUN_FIELDS)
 # metrics.json keys that measure the machine rather than the result: they differ between two runs of the
 # same configuration and seed, everything else is identical on the CPU.
@@ -283,6 +290,9 @@ def run_row(metrics: dict) -> dict:
     diagnostics = metrics.get("diagnostics") or {}
     row["attention_entropy_mean"] = _mean(diagnostics.get("attention_entropy"))
     row["kept_fraction_mean"] = _mean(diagnostics.get("kept_fraction"))
+    sources = metrics.get("sources") or {}  # absent in runs written before sources were recorded
+    for column in PROVENANCE_COLUMNS:
+        row[column] = (sources.get(column.removesuffix("_revision")) or {}).get("revision")
     return {column: row[column] for column in RUN_COLUMNS}
 
 

@@ -16,8 +16,8 @@ import copy
 import json
 
 from crisp.errors import ConfigError
-from crisp.layout import tokenizer_of
-from crisp.tasks import resolve_task
+from crisp.layout import fetch_dataset_path, fetch_model_path, is_hub_model, tokenizer_of
+from crisp.tasks import hub_dataset, resolve_task
 
 # training keys that decide how a job runs on its machine, not what it computes.
 TRAINING_RESOURCES = ("threads", "mem_mb", "runtime_min", "keep_checkpoints")
@@ -31,6 +31,41 @@ def _require(config: dict, section: str, name: str) -> None:
         )
 
 
+def fetch_settings(config: dict) -> dict[str, dict]:
+    """The fetch stage: one entry per Hub model and per Hub data set (repository and configuration),
+    keyed by its record's path under <results>/fetch/ without .json (models/<model>,
+    datasets/<repository>--<config>). Bundled, tiny, local and synthetic inputs need no fetch."""
+    results = config["results"]
+    fetches = {}
+    for model in config["models"]:
+        if is_hub_model(model):
+            path = fetch_model_path(results, model)
+            fetches[path] = {"kind": "model", "id": model, "config": None, "revision": config["revisions"].get(model)}
+    for spec in config["tasks"].values():
+        spec = resolve_task(spec)
+        if (source := hub_dataset(spec["name"])) is not None:
+            repository, dataset_config = source
+            path = fetch_dataset_path(results, repository, dataset_config)
+            fetches[path] = {
+                "kind": "dataset", "id": repository, "config": dataset_config, "revision": spec["revision"]
+            }
+    prefix = f"{results}/fetch/"
+    return {path[len(prefix) : -len(".json")]: settings for path, settings in fetches.items()}
+
+
+def fetch_inputs(config: dict, *, task: str | None = None, model: str | None = None) -> list[str]:
+    """The fetch records a job reads: its task's Hub data set, and its model's (or tokenizer's) Hub files."""
+    results = config["results"]
+    paths = []
+    if task is not None:
+        source = hub_dataset(resolve_task(config["tasks"][task])["name"])
+        if source is not None:
+            paths.append(fetch_dataset_path(results, *source))
+    if model is not None and is_hub_model(model):
+        paths.append(fetch_model_path(results, model))
+    return paths
+
+
 def data_settings(config: dict, task: str, tokenizer: str) -> dict:
     """The data stage: one task's data, tokenised by one tokenizer."""
     _require(config, "tasks", task)
@@ -38,6 +73,7 @@ def data_settings(config: dict, task: str, tokenizer: str) -> dict:
         "task": task,
         "dataset": resolve_task(config["tasks"][task]),
         "tokenizer": tokenizer,
+        "tokenizer_revision": config["revisions"].get(tokenizer),
         "max_length": config["max_length"],
     }
 
@@ -51,6 +87,7 @@ def train_settings(config: dict, task: str, model: str, experiment: str, seed: i
         "task": task,
         "dataset": resolve_task(config["tasks"][task]),
         "model": model,
+        "model_revision": config["revisions"].get(model),
         "tokenizer": tokenizer_of(model),
         "max_length": config["max_length"],
         "experiment": experiment,
@@ -66,6 +103,7 @@ def flops_settings(config: dict, model: str) -> dict:
     _require(config, "models", model)
     return {
         "model": model,
+        "model_revision": config["revisions"].get(model),
         "experiments": copy.deepcopy(config["experiments"]),
         "profiling": copy.deepcopy(config["profiling"]),
     }

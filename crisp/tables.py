@@ -33,7 +33,7 @@ from crisp.comparisons import add_verdicts, compare_to_baseline, shared_seeds
 from crisp.errors import ConfigError, RunFormatError
 from crisp.metrics import CALIBRATION_BINS, metric_label, primary_metric
 from crisp.pooling import pooled_effects, write_pooled_markdown
-from crisp.runs import collect_runs, read_metrics, read_predictions, run_row
+from crisp.runs import PROVENANCE_COLUMNS, collect_runs, read_metrics, read_predictions, run_row
 
 # What arXiv 2508.06016 reports for DistilBERT on GLUE SST-2: (experiment, attention sparsity,
 # validation accuracy in %). Both numbers are k/832 (754 and 762), not k/872: the paper's evaluation
@@ -135,6 +135,7 @@ SUMMARY_COLUMNS = [
     "measured_sparsity",
     *[f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std")],
     *COMPARISON_COLUMNS,
+    *PROVENANCE_COLUMNS,
 ]
 COUNT_COLUMNS = [
     "n_seeds",
@@ -247,6 +248,7 @@ def summarize(runs: pd.DataFrame, predictions: dict, settings: dict) -> pd.DataF
                 row[f"{metric}_std"] = group[metric].std(ddof=1)  # NaN for one seed, never a fake 0
             row["measured_sparsity"] = 1 - row["kept_fraction_mean"]
             row.update(comparison)
+            row.update(revisions(group))
             rows.append(row)
     summary = add_verdicts(pd.DataFrame(rows, columns=SUMMARY_COLUMNS), statistics)
     # Counts stay integers (blank, not NaN-forced floats, where a test does not apply).
@@ -254,6 +256,27 @@ def summarize(runs: pd.DataFrame, predictions: dict, settings: dict) -> pd.DataF
 
 
 # ---------------------------------------------------------------- summary.md / summary.tex
+
+
+def revisions(group: pd.DataFrame) -> dict:
+    """The Hub commits a group's runs were made from (several, space-separated, if its seeds differ)."""
+    return {
+        column: " ".join(sorted({str(value) for value in group[column] if isinstance(value, str)})) or None
+        for column in PROVENANCE_COLUMNS
+    }
+
+
+def inputs_sentence(summary: pd.DataFrame) -> str:
+    """Which commit of each Hub model and data set the results come from (empty when none is from the Hub)."""
+    inputs = {}
+    for row in summary.itertuples():
+        if row.model_revision:
+            inputs[row.model] = row.model_revision
+        if row.dataset_revision:
+            inputs[row.dataset] = row.dataset_revision
+    if not inputs:
+        return ""
+    return " Inputs (Hub commits): " + "; ".join(f"{name} at {commit}" for name, commit in inputs.items()) + "."
 
 
 def mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
@@ -470,7 +493,8 @@ def summary_note(runs: pd.DataFrame, summary: pd.DataFrame, settings: dict) -> s
 def write_summary_markdown(summary: pd.DataFrame, runs: pd.DataFrame, settings: dict, path: Path) -> None:
     # disable_numparse keeps "+0.50" and "91.20" as written instead of reformatting them.
     table = summary_display(summary).to_markdown(index=False, disable_numparse=True)
-    path.write_text(f"# Validation results\n\n{table}\n\n{summary_note(runs, summary, settings)}\n")
+    note = summary_note(runs, summary, settings) + inputs_sentence(summary)
+    path.write_text(f"# Validation results\n\n{table}\n\n{note}\n")
 
 
 def latex_escape(text: str) -> str:

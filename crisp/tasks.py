@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 import functools
 
-from crisp.config import merge, schema_defaults
 from crisp.errors import ConfigError
+from crisp.schema import merge, schema_defaults
 
 METRICS = ("accuracy", "mcc", "f1")
 
@@ -40,6 +40,31 @@ GLUE_PRESETS: dict[str, dict] = {
     "wnli": {"text_column": "sentence1", "text_pair_column": "sentence2",
              "label_names": ["not_entailment", "entailment"], "metric": "accuracy"},
 }
+
+# Where the GLUE presets' data live on the Hub: one repository, one configuration per task.
+GLUE_REPOSITORY = "nyu-mll/glue"
+# Hub data sets whose two-part names are "path/config"; every other "a/b" is a namespace/name.
+MULTI_CONFIG_HUB_DATASETS = {"glue": GLUE_REPOSITORY, "super_glue": "super_glue"}
+NOT_HUB = ("synthetic", "local")
+
+
+def hub_dataset(name: str) -> tuple[str, str | None] | None:
+    """The Hub repository and configuration of a task's data set name; None for synthetic and local.
+
+        "glue/sst2"                -> ("nyu-mll/glue", "sst2")    (super_glue/boolq likewise)
+        "namespace/name"           -> ("namespace/name", None)
+        "namespace/name/config"    -> ("namespace/name", "config")
+        "name" (imdb)              -> ("name", None)
+    """
+    if name in NOT_HUB:
+        return None
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] in MULTI_CONFIG_HUB_DATASETS:
+        return MULTI_CONFIG_HUB_DATASETS[parts[0]], parts[1]
+    if len(parts) >= 3:
+        return "/".join(parts[:-1]), parts[-1]
+    return name, None
+
 
 def task_defaults() -> dict:
     """Every TASK SPEC key but `name`, with its default from the schema's `tasks` item."""
@@ -97,6 +122,8 @@ def _synthetic_preset(task_config: dict) -> dict:
 
 def _check(spec: dict, where: str) -> None:
     """The rules one key's schema cannot state."""
+    if spec.get("revision") is not None and hub_dataset(spec["name"]) is None:
+        raise ConfigError(f"config key '{where}.revision': only a Hub data set has revisions, not {spec['name']!r}")
     if spec["name"] == "local":
         for key in ("train_file", "validation_file"):
             if not spec.get(key):

@@ -198,18 +198,20 @@ class Built:
     label_names: list[str]
 
 
-def build(settings: dict, data_dir: str | Path) -> Built:
-    """The prepared data, the tokenizer and the model of the run, its sparse attention applied."""
+def build(settings: dict, data_dir: str | Path, model_revision: str | None = None) -> Built:
+    """The prepared data, the tokenizer and the model of the run, its sparse attention applied.
+    model_revision: the commit of a Hub model (its fetch record's), for the model and its tokenizer."""
     attention = settings["attention"]
     data = load_prepared(data_dir)
     label_names = read_stats(data_dir)["label_names"]
-    tokenizer = load_tokenizer(settings["tokenizer"])
+    tokenizer = load_tokenizer(settings["tokenizer"], revision=model_revision)
     set_seed(settings["seed"])  # the new classifier head is initialised from this seed
     model = load_model(
         settings["model"],
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         attention_dropout=attention["attention_dropout"],
+        revision=model_revision,
     )
     sparsify(
         model,
@@ -515,6 +517,21 @@ def training_cost(trainer: Trainer, built: Built, epochs: float, fitted: Fit, ha
     }
 
 
+def sources(settings: dict, data_dir: str | Path, model_revision: str | None) -> dict:
+    """What the run was made from: the model, the tokenizer and the data set, each with the commit of
+    its Hub repository (null for bundled, tiny, local and synthetic inputs, which have none)."""
+    from crisp.tasks import hub_dataset
+
+    stats = read_stats(data_dir)
+    dataset = stats.get("dataset") or settings["dataset"]
+    repository, config = hub_dataset(dataset["name"]) or (dataset["name"], None)
+    return {
+        "model": {"id": settings["model"], "revision": model_revision},
+        "tokenizer": {"id": stats.get("tokenizer", settings["tokenizer"]), "revision": stats.get("tokenizer_revision")},
+        "dataset": {"id": repository, "config": config, "revision": dataset.get("revision")},
+    }
+
+
 def provenance(settings: dict, hardware: Hardware) -> dict:
     """Where and how the run was made, to reproduce or question it."""
     return {
@@ -540,11 +557,13 @@ def train_run(
     *,
     threads: int | None = None,
     keep_checkpoints: bool = False,
+    model_revision: str | None = None,
 ) -> dict:
     """Train one run on the prepared data and write its run folder (crisp.runs). Returns the metrics.
 
     settings: what crisp.settings.train_settings returns. threads: CPU threads for torch (None: torch's
     default). keep_checkpoints: keep the resume checkpoints once the run folder is complete.
+    model_revision: the commit of a Hub model to load (what its fetch record names).
     Raises TrainingInterrupted when SIGTERM stopped training (a checkpoint is saved: rerun to resume),
     TrainingDiverged when the loss became non-finite, RunFolderError when another `crisp train` holds
     run_dir or checkpoint_dir, or one of them cannot be written (both checked before any work).
@@ -559,8 +578,9 @@ def train_run(
 
     # One run at a time on these folders, held until the checkpoints are removed.
     with run_lock(run_dir, checkpoint_dir), StopOnSignal() as stop:
-        built = build(settings, data_dir)
-        # Checkpoints resume only the same settings, training code, prepared data and model files.
+        built = build(settings, data_dir, model_revision)
+        # Checkpoints resume only the same settings (the model's revision among them), training
+        # code, prepared data and model files.
         resume_from = prepare_checkpoint_dir(checkpoint_dir, checkpoint_stamp(settings, data_dir))
         with _tensorboard_dir(run_dir, training["report_to"]):
             trainer = make_trainer(built, settings, hardware, checkpoint_dir, callbacks=[stop, _LogLastStep()])
@@ -575,6 +595,7 @@ def train_run(
             **training_summary(trainer, fitted, training["epochs"]),
             **training_cost(trainer, built, training["epochs"], fitted, hardware),
             **provenance(settings, hardware),
+            "sources": sources(settings, data_dir, model_revision),
         }
         write_run(run_dir, metrics, _history(trainer.state.log_history), predictions, {
             "experiment": settings["experiment"], "seed": settings["seed"], **example})

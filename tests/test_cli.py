@@ -14,7 +14,7 @@ from crisp.config import load_config
 from crisp.settings import as_json, data_settings, flops_settings, train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["config", "data", "train", "flops", "tables", "figures", "bench"]
+SUBCOMMANDS = ["config", "fetch", "data", "train", "flops", "tables", "figures", "bench"]
 
 
 @pytest.mark.parametrize("command", [[], *[[name] for name in SUBCOMMANDS]])
@@ -55,6 +55,7 @@ def test_settings_are_exactly_what_a_stage_reads():
         "task",
         "dataset",
         "model",
+        "model_revision",
         "tokenizer",
         "max_length",
         "experiment",
@@ -66,7 +67,7 @@ def test_settings_are_exactly_what_a_stage_reads():
     # resources are not settings: changing them reruns nothing
     assert not {"threads", "mem_mb", "runtime_min", "keep_checkpoints"} & set(train["training"])
     assert "max_length" in data_settings(config, "pairs", "bundled:minilm")
-    assert set(flops_settings(config, "tiny:bert")) == {"model", "experiments", "profiling"}
+    assert set(flops_settings(config, "tiny:bert")) == {"model", "model_revision", "experiments", "profiling"}
     # --settings and --config give the same settings
     other = load_config([ROOT / "config.yaml", ROOT / ".test/config.yaml"], ["training.threads=7"])
     assert as_json(train_settings(other, "pairs", "tiny:bert", "random_sweep_80", 1)) == as_json(train)

@@ -308,14 +308,14 @@ def test_hub_datasets_use_their_train_and_validation_splits(monkeypatch):
     calls = fake_hub(monkeypatch, {"sentence": "s"}, ["negative", "positive"],
                      {"train": 10, "validation": 4, "test": 3})
     raw = load_raw_dataset({"name": "glue/sst2"})
-    assert calls == [("glue", "sst2")]
+    assert calls == [("nyu-mll/glue", "sst2")]  # GLUE's current Hub repository, one configuration per task
     assert set(raw) == {"train", "validation"}  # never the unlabelled test split
     assert raw["validation"]["text"] == ["s0", "s1", "s2", "s3"]
     assert raw["train"].features["label"].names == ["negative", "positive"]
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("glue/sst2", ("glue", "sst2")),
+    ("glue/sst2", ("nyu-mll/glue", "sst2")),
     ("super_glue/boolq", ("super_glue", "boolq")),
     ("stanfordnlp/sst2", ("stanfordnlp/sst2", None)),
     ("nyu-mll/glue/mrpc", ("nyu-mll/glue", "mrpc")),
@@ -436,7 +436,7 @@ def test_the_collator_pads_each_batch_to_its_longest_sequence(tmp_path):
 
 TASK_SPEC_KEYS = {"name", "train_file", "validation_file", "text_column", "text_pair_column", "label_column",
                   "label_names", "train_split", "validation_split", "metric", "max_train_examples",
-                  "max_validation_examples", "seed", "synthetic"}
+                  "max_validation_examples", "seed", "synthetic", "revision"}
 
 
 @pytest.mark.parametrize("task, columns, metric, validation_split", [

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from crisp import modeling
+from crisp import hub, modeling
 from crisp.modeling import (
     HubUnreachableError,
     load_model,
@@ -154,7 +154,7 @@ def test_an_uncached_hub_model_fails_fast_with_offline_advice(unreachable_hub, l
 
 def test_offline_mode_is_respected_without_probing(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(modeling.urllib.request, "urlopen", lambda *a, **k: pytest.fail("probed the Hub"))
+    monkeypatch.setattr(hub.urllib.request, "urlopen", lambda *a, **k: pytest.fail("probed the Hub"))
     with pytest.raises(HubUnreachableError, match="HF_HUB_OFFLINE=1"):
         load_model_config("distilbert-base-uncased")
 
@@ -167,8 +167,8 @@ def test_a_cached_hub_model_loads_without_the_hub(unreachable_hub, tmp_path, mon
     load_tokenizer("tiny:bert").save_pretrained(snapshot)
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(modeling.huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(modeling.urllib.request, "urlopen", lambda *a, **k: pytest.fail("probed the Hub"))
+    monkeypatch.setattr(hub.huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub.urllib.request, "urlopen", lambda *a, **k: pytest.fail("probed the Hub"))
 
     model = load_model("crisp-tests/tiny-bert")
     tokenizer = load_tokenizer("crisp-tests/tiny-bert")

@@ -49,7 +49,7 @@ def test_default_config_plans_the_paper_dag(tmp_path):
     n_experiments, n_seeds = len(config["experiments"]), len(config["seeds"])
     jobs = planned_jobs(ROOT, "--config", f"results={tmp_path}")
     assert jobs == Counter(
-        {"data": 1, "train": n_experiments * n_seeds, "flops": 1, "tables": 1, "figures": 1, "all": 1}
+        {"fetch": 2, "data": 1, "train": n_experiments * n_seeds, "flops": 1, "tables": 1, "figures": 1, "all": 1}
     )
 
 
@@ -60,6 +60,7 @@ def test_glue_config_plans_the_matrix(tmp_path):
     assert jobs["train"] == tasks * models * experiments * seeds == 960
     assert jobs["data"] == tasks * models  # one tokenizer per model
     assert jobs["flops"] == models  # one per model, every experiment
+    assert jobs["fetch"] == models + tasks  # each Hub model, and each task's configuration of nyu-mll/glue
 
 
 def test_parsing_the_workflow_imports_no_ml_library_and_writes_nothing(tmp_path):
@@ -277,8 +278,12 @@ def test_offline_paper_config_fails_fast_pointing_to_the_demo(tmp_path):
     target = "results/data/sst2/distilbert-base-uncased"  # the data job of the paper protocol
     result = run_snakemake(workdir, "--cores", "1", target, check=False, env=env, timeout=300)
     assert result.returncode != 0
-    log = (workdir / "results" / "logs" / "data" / "sst2" / "distilbert-base-uncased.log").read_text()
-    assert "config/demo.yaml" in log and "bundled:minilm" in log, log
+    # The fetch job stops it, in one line; the data job never starts.
+    logs = sorted((workdir / "results" / "logs" / "fetch").rglob("*.log"))
+    assert logs and not (workdir / "results" / "logs" / "data").exists()
+    for path in logs:
+        lines = path.read_text().strip().splitlines()
+        assert len(lines) == 1 and "config/demo.yaml" in lines[0] and "bundled:minilm" in lines[0], lines
 
 
 def test_report_groups_every_figure_with_its_caption(smoke):

@@ -1,8 +1,14 @@
 """The smoke pipeline through a real single-node SLURM with profiles/slurm.
 
-Every job must be an sbatch job that SLURM ran to completion, train jobs must have been
-given a GPU (the node's GPUs are stand-ins, so training itself runs on the CPU), and the
-pipeline's final outputs must exist.
+Every job but the fetch jobs must be an sbatch job that SLURM ran to completion, train jobs
+must have been given a GPU (the node's GPUs are stand-ins, so training itself runs on the CPU),
+and the pipeline's final outputs must exist.
+
+A cluster's compute nodes usually have no internet: the run includes the paper protocol's Hub
+inputs (distilbert-base-uncased, GLUE SST-2 from nyu-mll/glue) from a Hugging Face cache seeded
+by tests/hf_cache.py. The fetch jobs are localrules and run on the submitting host; the data,
+train and flops jobs run on the cluster with the Hub switched off and load the fetched commits,
+and an audit hook (tests/network_audit) shows that no crisp process tried the network.
 
 Needs root: it installs Debian's slurm-wlm when missing and starts slurmctld and slurmd
 (tests/slurm/cluster.py), then stops them. Skipped, with the reason, where that is not
@@ -25,15 +31,26 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from hf_cache import DATASET_COMMIT, MODEL_COMMIT, MODEL_ID, seed_cache
 from slurm.cluster import SlurmUnavailable, job_record, start_cluster
+from test_fetch import REFUSED_ENDPOINT, network_attempts, offline_environment
 from workflow_helpers import copy_repository, job_stats
 
 pytestmark = pytest.mark.slurm
 
-# On top of .test/config.yaml: one task, one model and one seed keep the run short (every rule
-# still runs), and device "auto" makes train ask for a GPU (the smoke configuration trains on
-# the CPU and asks for none).
-SLURM_TEST_CONFIG = {"training": {"device": "auto"}, "seeds": [0], "models": ["tiny:bert"], "tasks": {"pairs": None}}
+# On top of .test/config.yaml: a synthetic task and the paper's Hub task (GLUE SST-2), the
+# paper's Hub model (a tiny stand-in in the seeded cache) and one seed keep the run short
+# (every rule still runs), and device "auto" makes train ask for a GPU (the smoke configuration
+# trains on the CPU and asks for none).
+SLURM_TEST_CONFIG = {
+    "training": {"device": "auto"},
+    "seeds": [0],
+    "models": [MODEL_ID],
+    "tasks": {"pairs": None, "sst2": {"name": "glue/sst2"}},
+    "max_length": 16,
+}
+# Rules that run on the submitting host (localrules): where the network is.
+LOCAL_RULES = {"fetch"}
 # How SLURM versions spell one GPU per job in TresPerJob.
 ONE_GPU = ("gres:gpu:1", "gres/gpu:1")
 PIPELINE_TIMEOUT_S = 900
@@ -66,6 +83,11 @@ def pipeline_run(slurm_cluster, tmp_path_factory):
     """Run the smoke pipeline once through SLURM; yields (workdir, Snakemake's output, seconds)."""
     workdir = copy_repository(tmp_path_factory.mktemp("pipeline") / "repo")
     (workdir / "slurm-test.yaml").write_text(yaml.safe_dump(SLURM_TEST_CONFIG))
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    seed_cache(hf_home)
+    # The cache on "shared storage" (the one machine's disk), the audit hook in every process
+    # (sbatch exports the environment), and a Hub that refuses every connection.
+    env = {**offline_environment(hf_home, workdir / "network.log"), "HF_ENDPOINT": REFUSED_ENDPOINT}
     command = [
         sys.executable, "-m", "snakemake",
         "--workflow-profile", "profiles/slurm",
@@ -73,7 +95,9 @@ def pipeline_run(slurm_cluster, tmp_path_factory):
         *SINGLE_NODE_OPTIONS,
     ]  # fmt: skip
     started = time.monotonic()
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S)
+    result = subprocess.run(
+        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT_S
+    )
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     (workdir / "snakemake-slurm-test.log").write_text(output)
@@ -102,10 +126,12 @@ def test_every_job_ran_as_a_completed_slurm_job(pipeline_run):
     jobs = submissions(output)
     planned = planned_jobs(output)
 
-    submitted_per_rule = {rule: sum(1 for r, _ in jobs if r == rule) for rule in planned}
-    assert submitted_per_rule == planned, f"planned {planned}, submitted through SLURM {submitted_per_rule}"
+    on_cluster = {rule: count for rule, count in planned.items() if rule not in LOCAL_RULES}
+    submitted_per_rule = {rule: sum(1 for r, _ in jobs if r == rule) for rule in on_cluster}
+    assert submitted_per_rule == on_cluster, f"planned {planned}, submitted through SLURM {submitted_per_rule}"
     ran_locally = set(re.findall(r"localrule (\w+):", output)) - {"all"}  # `all` only collects
-    assert not ran_locally, f"jobs of {ran_locally} ran on the submitting machine, not through SLURM"
+    assert ran_locally == LOCAL_RULES, f"jobs of {ran_locally} ran on the submitting machine, not through SLURM"
+    assert planned["fetch"] == 2 and not any(rule == "fetch" for rule, _ in jobs)
     for rule, slurm_id in jobs:
         record = job_record(slurm_id)
         assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), f"{rule}: {record}"
@@ -140,3 +166,20 @@ def test_training_saw_the_gpu_slurm_gave_it_and_the_outputs_exist(pipeline_run):
     assert figures and all(figure.stat().st_size > 0 for figure in figures)
     # The SLURM logs are where the profile puts them, one per job.
     assert len(list((workdir / "logs" / "slurm").rglob("*.log"))) == len(submissions(output))
+
+
+def test_the_hub_inputs_were_fetched_locally_and_the_cluster_jobs_loaded_their_commits_offline(pipeline_run):
+    workdir, output, _ = pipeline_run
+    results = workdir / "results" / "smoke"
+
+    model = json.loads((results / "fetch" / "models" / f"{MODEL_ID}.json").read_text())
+    assert (model["commit"], model["source"]) == (MODEL_COMMIT, "cache")
+    runs = [json.loads(path.read_text()) for path in sorted(results.glob("runs/sst2/*/*/seed0/metrics.json"))]
+    assert runs, "no sst2 runs"
+    for run in runs:
+        assert run["sources"]["model"]["revision"] == MODEL_COMMIT
+        assert run["sources"]["dataset"]["revision"] == DATASET_COMMIT
+    for rule in ("data", "train", "flops"):
+        assert f"HF_HUB_OFFLINE=1 python -m crisp {rule}" in output  # the cluster jobs ran with the Hub off
+    crisp_attempts = [line for line in network_attempts(workdir / "network.log") if "crisp/__main__.py" in line]
+    assert crisp_attempts == []

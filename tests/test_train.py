@@ -47,7 +47,7 @@ METRICS_KEYS = {
     "attention_dropout", "metric", "validation", "diagnostics", "train_loss", "train_loss_mean", "steps", "epochs",
     "resumed_from_step", "wall_time_s", "train_examples_per_s", "train_flops", "achieved_flops_per_s",
     "peak_memory_mb", "mfu", "device", "device_name", "precision", "cuda_visible_devices", "settings", "versions",
-    "git_commit", "command",
+    "git_commit", "command", "sources",
 }
 
 
@@ -116,6 +116,11 @@ def test_the_run_folder_follows_the_contract(reference, data):
     assert (metrics["pattern"], metrics["sparsity"], metrics["apply"]) == ("topk", 0.8, "train_and_eval")
     assert (metrics["model_slug"], metrics["steps"], metrics["resumed_from_step"]) == ("tiny-bert", 10, 0)
     assert metrics["settings"] == make_settings()
+    assert metrics["sources"] == {  # what the run was made from: no Hub input, so no commits
+        "model": {"id": "tiny:bert", "revision": None},
+        "tokenizer": {"id": "bundled:minilm", "revision": None},
+        "dataset": {"id": "synthetic", "config": None, "revision": None},
+    }
     assert len(metrics["diagnostics"]["attention_entropy"]) == len(metrics["diagnostics"]["kept_fraction"]) == 2
 
     predictions = runs.read_predictions(run_dir)

@@ -24,10 +24,11 @@ def copy_repository(destination: Path) -> Path:
 
 
 def run_snakemake(
-    workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900
+    workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900, wrapper=()
 ) -> subprocess.CompletedProcess:
+    """Snakemake in workdir; `wrapper` is a command it runs under (e.g. ["unshare", "-n"])."""
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
+        [*wrapper, sys.executable, "-m", "snakemake", *args],
         cwd=workdir,
         capture_output=True,
         text=True,

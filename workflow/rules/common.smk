@@ -22,6 +22,8 @@ from crisp.layout import (
 from crisp.settings import (
     as_json,
     data_settings,
+    fetch_inputs,
+    fetch_settings,
     figures_settings,
     flops_settings,
     tables_settings,
@@ -44,6 +46,9 @@ MODELS = {model_slug(model): model for model in config["models"]}
 TOKENIZERS = {
     model_slug(tokenizer_of(model)): tokenizer_of(model) for model in config["models"]
 }
+
+# <kind>/<name> (models/distilbert-base-uncased, datasets/nyu-mll--glue--sst2) -> fetch settings
+FETCHES = fetch_settings(config)
 
 RUN_DIRS = [
     run_dir(R, task, model, experiment, seed)
@@ -69,7 +74,7 @@ def crisp_sources(*modules):
     """The crisp modules a job runs, besides those every command goes through, declared as
     inputs, so that editing one reruns the rule (Snakemake does not notice edits to imported code).
     """
-    common = ("cli", "config", "errors", "layout", "settings", "tasks")
+    common = ("cli", "config", "errors", "layout", "schema", "settings", "tasks")
     return [
         str(Path(workflow.basedir) / "crisp" / f"{module}.py")
         for module in (*common, *modules)
@@ -94,6 +99,18 @@ def local_model_files(wildcards):
     if spec.startswith(("tiny:", "bundled:")) or not folder.is_dir():
         return []
     return sorted(str(path) for path in folder.rglob("*") if path.is_file())
+
+
+def data_fetches(wildcards):
+    """The fetch records a data job reads: its Hub data set's and its Hub tokenizer's."""
+    return fetch_inputs(
+        config, task=wildcards.task, model=TOKENIZERS[wildcards.tokenizer]
+    )
+
+
+def model_fetches(wildcards):
+    """The fetch record of a Hub model, for the train and flops jobs."""
+    return fetch_inputs(config, model=MODELS[wildcards.model])
 
 
 def figure_report(name):

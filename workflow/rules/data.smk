@@ -2,7 +2,8 @@ rule data:
     """Load, check and tokenise one task's data once per tokenizer; every run reuses it."""
     input:
         files=local_data_files,
-        code=crisp_sources("data", "tabular", "synthetic", "modeling"),
+        fetched=data_fetches,
+        code=crisp_sources("data", "tabular", "synthetic", "modeling", "fetch"),
     output:
         directory(f"{R}/data/{{task}}/{{tokenizer}}"),
     log:
@@ -20,5 +21,5 @@ rule data:
             data_settings(config, w.task, TOKENIZERS[w.tokenizer])
         ),
     shell:
-        "python -m crisp data --settings - --out {output:q} > {log:q} 2>&1"
-        " <<< {params.settings:q}"
+        "HF_HUB_OFFLINE=1 python -m crisp data --settings - --fetched {input.fetched:q}"
+        " --out {output:q} > {log:q} 2>&1 <<< {params.settings:q}"

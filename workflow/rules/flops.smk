@@ -3,7 +3,8 @@ rule flops:
     accounting, and a measured count. One job per model: each account takes about a second,
     loading the libraries longer."""
     input:
-        code=crisp_sources("flops", "attention", "patterns", "modeling"),
+        fetched=model_fetches,
+        code=crisp_sources("flops", "attention", "patterns", "modeling", "fetch"),
     output:
         [f"{R}/flops/{{model}}/{experiment}.json" for experiment in EXPERIMENTS],
     log:
@@ -20,5 +21,5 @@ rule flops:
         settings=lambda w: as_json(flops_settings(config, MODELS[w.model])),
         out=lambda w, output: Path(output[0]).parent,
     shell:
-        "python -m crisp flops --settings - --out {params.out:q} > {log:q} 2>&1"
-        " <<< {params.settings:q}"
+        "HF_HUB_OFFLINE=1 python -m crisp flops --settings - --fetched {input.fetched:q}"
+        " --out {params.out:q} > {log:q} 2>&1 <<< {params.settings:q}"

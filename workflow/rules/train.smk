@@ -5,6 +5,7 @@ rule train:
     input:
         data=lambda w: data_dir(R, w.task, tokenizer_of(MODELS[w.model])),
         model=local_model_files,
+        fetched=model_fetches,
         code=crisp_sources(
             "train",
             "checkpoints",
@@ -16,6 +17,7 @@ rule train:
             "metrics",
             "devices",
             "flops",
+            "fetch",
         ),
     output:
         [
@@ -45,6 +47,7 @@ rule train:
         ),
         keep="--keep-checkpoints" if config["training"]["keep_checkpoints"] else "",
     shell:
-        "python -m crisp train --settings - --data {input.data:q} --out {params.run_dir:q}"
+        "HF_HUB_OFFLINE=1 python -m crisp train --settings - --fetched {input.fetched:q}"
+        " --data {input.data:q} --out {params.run_dir:q}"
         " --checkpoints {params.checkpoints:q} --threads {threads} {params.keep} > {log:q} 2>&1"
         " <<< {params.settings:q}"
