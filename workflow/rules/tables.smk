@@ -6,7 +6,7 @@ rule tables:
         flops=FLOPS,
         code=crisp_sources("tables", "runs", "stats", "metrics", "flops"),
     output:
-        TABLES,
+        [table_report(path) for path in TABLES],
     log:
         f"{R}/logs/tables.log",
     benchmark:
