@@ -87,8 +87,12 @@ def folder_bytes(folder: Path) -> int:
 
 def check_size(bundle: Path, limit_mib: float) -> int:
     parts = {"working tree (tracked + untracked, not ignored)": sum(p.stat().st_size for p in travelling_files(ROOT))}
+    shown = bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle
     for part in sorted(path for path in bundle.iterdir() if path.is_dir()):
-        parts[f"{part.relative_to(ROOT) if part.is_relative_to(ROOT) else part}/"] = folder_bytes(part)
+        parts[f"{shown}/{part.name}/"] = folder_bytes(part)
+    loose = sum(path.stat().st_size for path in bundle.iterdir() if path.is_file())
+    if loose:
+        parts[f"{shown}/ (its other files)"] = loose
     total = sum(parts.values())
     for name, size in parts.items():
         print(f"{size / MIB:8.2f} MiB  {name}")
