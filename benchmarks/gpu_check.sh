@@ -180,7 +180,7 @@ export -f install_bundle describe_device bench_section finetune cuda_tests run_d
 if [ -d "$BUNDLE/wheels" ]; then
     # site/ holds only what this Python lacks, so its place on the path shadows nothing.
     export PYTHONPATH="$PYTHONPATH:$SCRATCH/site"
-    step "install from $(basename "$BUNDLE")/wheels" "$OUT/install.log" "${LIMIT_INSTALL:-60}" bash -c install_bundle
+    step "install from $(basename "$BUNDLE")/wheels" "$OUT/install.log" "${LIMIT_INSTALL:-90}" bash -c install_bundle
 else
     skip "install" "no $BUNDLE/wheels: using the installed environment"
 fi
