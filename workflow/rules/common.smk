@@ -129,3 +129,20 @@ def figure_report(name):
         subcategory=subcategory,
         labels={"figure": caption, "model": subcategory or "all"},
     )
+
+
+# The tables the HTML report shows (category "Tables"), each with its caption under workflow/report/.
+REPORT_TABLES = ("summary.csv", "pooled.csv")
+
+
+def table_report(path):
+    """A table's place in the HTML report: its caption renders the CSV as a table."""
+    name = Path(path).name
+    if name not in REPORT_TABLES:
+        return path
+    return report(
+        path,
+        caption=f"../report/{Path(name).stem}.rst",
+        category="Tables",
+        labels={"table": name},
+    )

@@ -8,7 +8,7 @@ rule tables:
             "tables", "runs", "stats", "comparisons", "pooling", "metrics", "flops"
         ),
     output:
-        TABLES,
+        [table_report(path) for path in TABLES],
     log:
         f"{R}/logs/tables.log",
     benchmark:
