@@ -58,7 +58,7 @@ def task_spec(**synthetic) -> dict:
 
 def make_settings(experiment="aggressive_sparse", attention_spec=TOPK, seed=0, model="tiny:bert", **training):
     return {
-        "task": "demo", "dataset": task_spec(), "model": model, "tokenizer": "bundled:minilm",
+        "task": "demo", "dataset": task_spec(), "model": model, "model_revision": None, "tokenizer": "bundled:minilm",
         "max_length": MAX_LENGTH, "experiment": experiment, "attention": copy.deepcopy(attention_spec),
         "seed": seed, "training": {**TRAINING, **training},
     }
