@@ -168,7 +168,7 @@ def build(settings: dict, data_dir: str | Path) -> Built:
     attention = settings["attention"]
     data = load_prepared(data_dir)
     label_names = read_stats(data_dir)["label_names"]
-    tokenizer = load_tokenizer(settings["tokenizer"])
+    tokenizer = load_tokenizer(settings["tokenizer"], model=settings["model"])
     set_seed(settings["seed"])  # the new classifier head is initialised from this seed
     model = load_model(
         settings["model"],
