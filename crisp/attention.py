@@ -501,8 +501,8 @@ def crisp_attention(
     additive float mask. Returns the output (batch, tokens, heads, head_dim) and the attention
     probabilities (batch, heads, queries, keys) after dropout, as eager attention does; these are
     what `output_attentions=True` reports. Padded query positions attend to the real keys of their
-    sequence. A sequence with no real token at all gets finite output all the same: with a mask
-    pattern it attends densely to all its positions, with a selection (topk, random) to one of them.
+    sequence. A query that sees no key at all (a sequence without any real token, a left-padded
+    decoder's padding) attends uniformly to all positions, as eager attention makes it.
     """
     settings = getattr(module, SETTINGS_ATTRIBUTE, None)
     if settings is None:
@@ -582,6 +582,13 @@ def crisp_attention(
             recorder.record(settings.layer_index, probabilities, valid_keys)
         probabilities = F.dropout(probabilities.to(value.dtype), p=dropout, training=module.training)
 
+    if attention_mask is not None:
+        # A row that sees no key at all (a padded query of a left-padded decoder, a padded query
+        # whose sliding window holds no real token) attends uniformly to every position, as eager
+        # attention's additive mask makes it: models that read such a position (ModernBERT's
+        # first token under left padding) then give the same logits as with eager attention.
+        sees_nothing = ~valid_keys.any(dim=-1, keepdim=True)
+        probabilities = probabilities.masked_fill(sees_nothing, 1.0 / probabilities.shape[-1])
     output = torch.matmul(probabilities, value).transpose(1, 2).contiguous()
     return output, probabilities
 
