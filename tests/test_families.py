@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from crisp import attention as crisp_attention_module
-from crisp.attention import keep_count, sparsify
+from crisp.attention import ATTENTION_NAME, crisp_attention, keep_count, sparsify
 from crisp.families import FAMILIES, TINY_NAMES, tiny_family
 from crisp.modeling import load_model, load_tokenizer
 
@@ -125,7 +125,7 @@ def test_an_example_alone_and_in_a_padded_batch_gives_the_same_logits(name, side
     model = tiny(name)
     batch, alone = batch_of(name, side), batch_of(name, side, SENTENCES[:1])
     if (logits(model, batch)[0] - logits(model, alone)[0]).abs().max() > 1e-5:
-        pytest.skip(f"the dense tiny:{name} itself depends on {side} padding (absolute positions or first-token pooling)")
+        pytest.skip(f"dense tiny:{name} depends on {side} padding itself (absolute positions, first-token pooling)")
     for pattern in SPARSE:
         model = sparsified(model, pattern, 0.6)
         torch.testing.assert_close(logits(model, batch)[0], logits(model, alone)[0], atol=1e-5, rtol=1e-4)
@@ -167,10 +167,12 @@ def test_attention_dropout_reaches_the_attention_of_every_family(name, monkeypat
     torch.manual_seed(0)
     model = sparsify(load_model(f"tiny:{name}", attention_dropout=0.37).train(), "dense", 0.0)
     rates = []
-    dropout = crisp_attention_module.F.dropout
-    monkeypatch.setattr(
-        crisp_attention_module.F, "dropout", lambda x, p, training: rates.append(p) or dropout(x, p, training)
-    )
+
+    def recording(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        rates.append(dropout)
+        return crisp_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, ATTENTION_NAME, recording)
     model(**batch_of(name, "right"))
     assert rates and set(rates) == {0.37}, rates
     assert getattr(model.config, FAMILIES[model.config.model_type].attention_dropout_key) == 0.37
@@ -185,8 +187,8 @@ def test_a_decoder_tokenizer_without_pad_token_pads_with_eos_and_the_model_knows
 
 
 def test_a_tokenizer_without_pad_token_pads_with_its_eos(tmp_path):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     vocabulary = {"<eos>": 0, "a": 1, "b": 2}
     backend = Tokenizer(models.WordLevel(vocabulary, unk_token="<eos>"))
