@@ -44,11 +44,14 @@ class FlopShape:
     head_tokens: "first" (a d x d dense layer then the classifier on the first token) or "all"
     (decoders: the classifier on every token, the last real one is read).
     shared_layers: one set of layer weights applied `layers` times (ALBERT).
+    embedding_projection: the embeddings (config.embedding_size wide) are projected to the hidden
+    size before the layers (ALBERT).
     """
 
     mlp_projections: int = 2
     head_tokens: str = "first"
     shared_layers: bool = False
+    embedding_projection: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,8 @@ FAMILIES: dict[str, Family] = {
         Family("roberta", "attention_probs_dropout_prob", _tiny_roberta, hub_example="FacebookAI/roberta-base"),
         Family("electra", "attention_probs_dropout_prob", _tiny_electra,
                hub_example="google/electra-base-discriminator"),
-        Family("albert", "attention_probs_dropout_prob", _tiny_albert, flops=FlopShape(shared_layers=True),
-               hub_example="albert/albert-base-v2"),
+        Family("albert", "attention_probs_dropout_prob", _tiny_albert,
+               flops=FlopShape(shared_layers=True, embedding_projection=True), hub_example="albert/albert-base-v2"),
         Family("xlm-roberta", "attention_probs_dropout_prob", _tiny_xlm_roberta,
                hub_example="FacebookAI/xlm-roberta-base"),
         Family("modernbert", "attention_dropout", _tiny_modernbert, flops=GATED,
