@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from crisp.attention import ATTENTION_NAME, crisp_attention, keep_count, sparsify
+from crisp.attention import ATTENTION_NAME, attention_diagnostics, crisp_attention, keep_count, sparsify
 from crisp.families import FAMILIES, TINY_NAMES, tiny_family
 from crisp.modeling import load_model, load_tokenizer
 
@@ -224,3 +224,18 @@ def test_the_probe_notices_a_layer_that_bypasses_the_registered_attention(monkey
     monkeypatch.setattr(layer, "forward", own_softmax)
     with pytest.raises(ValueError, match=r"never reached the registered attention in layers \[1\]"):
         sparsify(model, "topk", 0.8)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "modernbert"])
+def test_kept_fraction_is_measured_on_what_each_query_sees(name):
+    model = tiny(name)
+    batch = batch_of(name, tiny_family(name).padding_side)
+    real = batch["attention_mask"].bool()
+    expected = []
+    for layer_seen in (layer > 0 for layer in attentions(model, batch)):
+        visible = layer_seen[:, 0].sum(dim=-1)[real]  # keys each real query sees
+        expected.append((keep_count(visible, 0.5) / visible).mean().item())
+    model = sparsify(model, "topk", 0.5)
+    with torch.no_grad(), attention_diagnostics(model) as diagnostics:
+        model(**batch)
+    assert diagnostics.summary()["kept_fraction"] == pytest.approx(expected)
