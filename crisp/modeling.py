@@ -16,6 +16,7 @@ huggingface_hub retry for a minute, and the message says how to run offline.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import urllib.error
@@ -265,5 +266,10 @@ def _first_id(token_id):
 
 
 def _tiny_config(architecture: str, **head) -> PretrainedConfig:
-    vocab_size = len(load_tokenizer("tiny:" + architecture))
-    return tiny_family(architecture).tiny(vocab_size, **head)
+    return tiny_family(architecture).tiny(_bundled_vocabulary_size(), **head)
+
+
+@functools.cache
+def _bundled_vocabulary_size() -> int:
+    """The size of the vocabulary the tiny models borrow (read once: loading a tokenizer takes a while)."""
+    return len(load_tokenizer("bundled:minilm"))

@@ -179,10 +179,9 @@ def test_attention_dropout_reaches_the_attention_of_every_family(name, monkeypat
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_a_decoder_tokenizer_without_pad_token_pads_with_eos_and_the_model_knows(name):
+def test_the_tiny_tokenizer_pads_on_the_familys_side_with_the_models_pad_id(name):
     tokenizer = load_tokenizer(f"tiny:{name}")
-    model = load_model(f"tiny:{name}")
-    assert tokenizer.pad_token_id is not None and model.config.pad_token_id == tokenizer.pad_token_id
+    assert tokenizer.pad_token_id is not None and _tiny(name).config.pad_token_id == tokenizer.pad_token_id
     assert tokenizer.padding_side == tiny_family(name).padding_side
 
 
