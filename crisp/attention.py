@@ -502,7 +502,7 @@ def crisp_attention(
     probabilities (batch, heads, queries, keys) after dropout, as eager attention does; these are
     what `output_attentions=True` reports. Padded query positions attend to the real keys of their
     sequence. A query that sees no key at all (a sequence without any real token, a left-padded
-    decoder's padding) attends uniformly to all positions, as eager attention makes it.
+    decoder's padding) gets the mean of the values, as eager attention's uniform attention gives it.
     """
     settings = getattr(module, SETTINGS_ATTRIBUTE, None)
     if settings is None:
@@ -582,14 +582,15 @@ def crisp_attention(
             recorder.record(settings.layer_index, probabilities, valid_keys)
         probabilities = F.dropout(probabilities.to(value.dtype), p=dropout, training=module.training)
 
+    output = torch.matmul(probabilities, value)
     if attention_mask is not None:
         # A row that sees no key at all (a padded query of a left-padded decoder, a padded query
-        # whose sliding window holds no real token) attends uniformly to every position, as eager
-        # attention's additive mask makes it: models that read such a position (ModernBERT's
-        # first token under left padding) then give the same logits as with eager attention.
-        sees_nothing = ~valid_keys.any(dim=-1, keepdim=True)
-        probabilities = probabilities.masked_fill(sees_nothing, 1.0 / probabilities.shape[-1])
-    output = torch.matmul(probabilities, value).transpose(1, 2).contiguous()
+        # whose sliding window holds no real token) gets the mean of the values, as eager
+        # attention's additive mask makes it attend uniformly: models that read such a position
+        # (ModernBERT's first token under left padding) then give the logits of eager attention.
+        sees_nothing = ~valid_keys.any(dim=-1, keepdim=True)  # (batch, 1, queries, 1)
+        output = torch.where(sees_nothing, value.mean(dim=-2, keepdim=True), output)
+    output = output.transpose(1, 2).contiguous()
     return output, probabilities
 
 
