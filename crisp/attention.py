@@ -1,4 +1,4 @@
-"""Sparse attention for Hugging Face encoders: where the sparsity of Crisp is applied.
+"""Sparse attention for Hugging Face models: where the sparsity of Crisp is applied.
 
 Every query row scores all keys (QK^T, scaled), a *pattern* chooses which keys the row keeps, the
 other scores are set to -inf, and only then comes the normaliser (softmax, or sparsemax / 1.5-entmax
@@ -19,9 +19,17 @@ implemented here with `@register_pattern("name")`). k = keep_count(n, sparsity),
 - `sparsemax`, `entmax15`: every real key enters an adaptive sparse normaliser (the `entmax`
                 package) instead of the softmax; how many keys survive is measured, not set.
 
-Padding keys are never kept, whatever the pattern, and counts follow each sequence's real length,
-not the padded length of the batch. Positions (window, random) assume right padding, which is
-what the tokenizers and collators of Crisp produce.
+What a query *sees* is what the model's own mask lets it attend to: the real (non-padding) keys
+of its sequence, and for a decoder only those at or before it, and in a sliding-window layer
+(ModernBERT's local layers, Qwen2's and Mistral's optional window) only those inside the window.
+Keys it does not see are never kept, whatever the pattern, and k follows what each query row
+sees, not the padded length of the batch: sparsity is the same fraction of what a query could
+attend to in encoders and decoders alike. Positions that patterns use (window's band, random's
+evaluation choice, block_topk's blocks) are positions among the sequence's real tokens, so an
+example is treated alike alone and in a batch padded on either side.
+
+Grouped-query attention (Llama, Qwen2: fewer key/value heads than query heads) shares each
+key/value head among its group of query heads, as the models' own eager attention does.
 
 `topk` and `random` hand back the positions of their keys (a `KeySelection`): only the k chosen
 scores of each row go through the softmax and the dropout, and are then scattered into the
@@ -30,12 +38,16 @@ set to -inf before a normaliser over the whole row.
 
 The function is plugged into transformers through its registries (no model code is patched):
 `AttentionInterface` gets the attention function under the name "crisp", and
-`AttentionMaskInterface` gets `sdpa_mask`, which hands the function a boolean padding mask
-(True = real key). Without that second registration a custom name receives no mask at all, and
-padded keys would silently get attention.
+`AttentionMaskInterface` gets `sdpa_mask` (never skipping a causal mask), which hands the function
+a boolean mask of what each query sees (True = visible key). Without that second registration a
+custom name receives no mask at all, and padded keys would silently get attention; with
+`sdpa_mask`'s own default a causal model without padding would get no mask either (SDPA's
+`is_causal` stands in for it), and its queries would see the future.
 
 `sparsify` checks the settings once and stores them on each attention module with its layer index
-(and on `model.config`, so that `save_pretrained` records them). The attention function only reads
+(and on `model.config`, so that `save_pretrained` records them), and checks on a probe forward
+that every attention module really calls the registered function: a model whose layers compute
+their own softmax (DeBERTa, MPNet) is refused. The attention function only reads
 them: it never validates, never reads a value back from the device and loops over no heads or rows,
 so it compiles with `torch.compile(fullgraph=True)` and keeps a GPU's queue of kernels full.
 
@@ -58,6 +70,7 @@ import torch.nn.functional as F
 from entmax.activations import Entmax15Function, SparsemaxFunction
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
+from transformers.utils import logging as transformers_logging
 
 from crisp import patterns
 from crisp.patterns import PATTERNS_INFO, SPARSITY_ADAPTIVE, SPARSITY_ZERO, check_experiment
@@ -157,8 +170,9 @@ class AttentionScores:
     scores:      (batch, heads, queries, keys) scaled pre-softmax scores, -inf at padding keys.
     query, key:  (batch, heads, tokens, head_dim), for patterns that choose without the scores.
     scaling:     the factor applied to query . key.
-    valid_keys:  (batch, 1, queries, keys) boolean: True where the key is a real token.
-    n_valid:     (batch, 1, queries, 1) number of real keys each query row may attend to.
+    valid_keys:  (batch, 1, queries, keys) boolean: True where the query sees the key (a real
+                 token, and for a decoder or a sliding-window layer one its mask lets it see).
+    n_valid:     (batch, 1, queries, 1) number of keys each query row sees.
     settings:    the module's SparseAttention (sparsity, layer index, seed).
     training:    whether the attention module is in training mode.
     padded:      whether the batch came with a padding mask; without one every row has the same
@@ -182,6 +196,23 @@ class AttentionScores:
     def max_keep_count(self) -> int:
         """The largest keep count any row of the batch can have: that of the padded length."""
         return keep_count(self.scores.shape[-1], self.settings.sparsity)
+
+    def real_keys(self) -> torch.Tensor:
+        """(batch, 1, 1, keys): keys that some query sees, i.e. the real tokens of the sequence."""
+        return self.valid_keys.any(dim=-2, keepdim=True)
+
+    def key_ranks(self) -> torch.Tensor:
+        """(batch, 1, 1, keys) int64: each key's position among the real tokens of its sequence
+        (0 for the first real token whatever the padding side; padding gets its neighbour's)."""
+        return (self.real_keys().long().cumsum(dim=-1) - 1).clamp(min=0)
+
+    def query_ranks(self) -> torch.Tensor:
+        """(batch, 1, queries, 1) int64: each query's position among the real tokens (self-attention;
+        the plain position when queries and keys differ)."""
+        queries, keys = self.scores.shape[-2:]
+        if queries == keys:
+            return self.key_ranks().transpose(-2, -1)
+        return torch.arange(queries, device=self.scores.device).view(1, 1, queries, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +335,10 @@ def random_pattern(attention: AttentionScores) -> KeySelection:
     if attention.training:
         noise = torch.rand(scores.shape, device=scores.device)
     else:
-        noise = _position_hash(attention.settings.seed, attention.settings.layer_index, scores.shape, scores.device)
+        noise = _position_hash(
+            attention.settings.seed, attention.settings.layer_index, scores.shape[1],
+            attention.query_ranks(), attention.key_ranks(),
+        )
     noise = noise.masked_fill(~attention.valid_keys, -1)
     return select_top_k(noise, attention.keep_counts(), attention.max_keep_count(), ordered=attention.padded)
 
@@ -320,82 +354,94 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-def _position_hash(seed: int, layer_index: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    """(1, heads, queries, keys) int64 values, distinct within each row (the key position fills the
-    low 16 bits, so ties cannot make the choice depend on the row's length, for up to 65,536 keys)."""
-    _, heads, queries, keys = shape
+def _position_hash(
+    seed: int, layer_index: int, heads: int, query_ranks: torch.Tensor, key_ranks: torch.Tensor
+) -> torch.Tensor:
+    """(batch, heads, queries, keys) int64 values from the positions among real tokens, distinct
+    within each row among the real keys (the key's rank fills the low 16 bits, so ties cannot make
+    the choice depend on the row's length, for up to 65,536 keys)."""
     layer_state = _mix32(_mix32(seed & _MASK32) ^ layer_index)
-
-    def positions(size: int, dim: int) -> torch.Tensor:
-        view = [1, 1, 1, 1]
-        view[dim] = size
-        return torch.arange(size, device=device, dtype=torch.int64).view(view)
-
-    state = _mix32(layer_state ^ positions(heads, 1))
-    state = _mix32(state ^ positions(queries, 2))
-    state = _mix32(state ^ positions(keys, 3))
-    return (state << 16) | positions(keys, 3)
+    head = torch.arange(heads, device=key_ranks.device, dtype=torch.int64).view(1, heads, 1, 1)
+    state = _mix32(layer_state ^ head)
+    state = _mix32(state ^ query_ranks)
+    state = _mix32(state ^ key_ranks)
+    return (state << 16) | key_ranks
 
 
 @register_pattern("window")
 def window_pattern(attention: AttentionScores) -> torch.Tensor:
-    """Keep the first token plus a band of k - 1 keys around each query: exactly k per row.
+    """Keep the first key a query sees plus a band of k - 1 keys around it: exactly k per row.
 
-    The band covers keys i - floor((k - 2) / 2) ... of query i, shifted inward where it would leave
-    the real keys 1 .. n_valid - 1, so rows at the sequence edges keep as many keys as the others.
+    Keys are numbered among those the row sees (0 .. n_valid - 1), and the query by the number of
+    seen keys before it. The band covers seen keys i - floor((k - 2) / 2) ... of query i, shifted
+    inward where it would leave seen keys 1 .. n_valid - 1, so rows at the sequence edges keep as
+    many keys as the others. In an encoder the first key is the first token; in a decoder, whose
+    query is the last key it sees, the band is the k - 1 keys up to and including the query.
     """
     counts = attention.keep_counts()  # (batch, 1, queries, 1)
+    visible = attention.valid_keys
     queries, keys = attention.scores.shape[-2:]
     device = attention.scores.device
     query_position = torch.arange(queries, device=device).view(1, 1, queries, 1)
     key_position = torch.arange(keys, device=device).view(1, 1, 1, keys)
+    seen_rank = visible.long().cumsum(dim=-1) - 1  # (batch, 1, queries, keys): among the keys the row sees
+    query_rank = (visible & (key_position < query_position)).sum(dim=-1, keepdim=True)
     band = counts - 1
-    start = (query_position - torch.div(band - 1, 2, rounding_mode="floor")).clamp(min=1)
+    start = (query_rank - torch.div(band - 1, 2, rounding_mode="floor")).clamp(min=1)
     start = torch.minimum(start, attention.n_valid - band)
-    return (key_position == 0) | ((key_position >= start) & (key_position < start + band))
+    return visible & ((seen_rank == 0) | ((seen_rank >= start) & (seen_rank < start + band)))
 
 
 @register_pattern("block_topk")
 def block_topk_pattern(attention: AttentionScores, block_size: int = 16) -> torch.Tensor:
-    """Keep whole key blocks per query block: the best-scoring ones until they hold k real keys.
+    """Keep whole key blocks per query block: the best-scoring ones until they hold k seen keys.
 
-    A block pair's score is the mean-pooled (real) queries of the query block . the mean-pooled
-    real keys of the key block, so the choice needs no full score matrix and a block-sparse kernel
-    could skip the other blocks. Every real key of a kept block is kept: a row keeps at least k keys
-    and fewer than k + block_size.
+    Blocks are `block_size` consecutive real tokens (positions among the real tokens, whatever the
+    padding side). A block pair's score is the mean-pooled real queries of the query block . the
+    mean-pooled real keys of the key block, so the choice needs no full score matrix and a
+    block-sparse kernel could skip the other blocks. Every seen key of a kept block is kept: in an
+    encoder a row keeps at least k keys and fewer than k + block_size. In a decoder a key block
+    counts the keys the block's last query sees, so its earlier queries may keep fewer than k.
     """
     queries, keys = attention.scores.shape[-2:]
     block_size = min(block_size, max(queries, keys))  # a larger block is one block all the same
-    real_keys = attention.valid_keys.any(dim=-2)  # (batch, 1, keys)
-    real_queries = real_keys if queries == keys else torch.ones_like(real_keys[..., :1]).expand(-1, -1, queries)
-    pooled_queries = _block_means(attention.query, real_queries, block_size)
-    pooled_keys = _block_means(attention.key, real_keys, block_size)
+    blocks = -(-max(queries, keys) // block_size)
+    real_keys = attention.real_keys()  # (batch, 1, 1, keys)
+    if queries == keys:
+        real_queries = real_keys.transpose(-2, -1)
+    else:
+        real_queries = torch.ones_like(attention.n_valid, dtype=torch.bool)
+    key_block = torch.div(attention.key_ranks(), block_size, rounding_mode="floor")  # (batch, 1, 1, keys)
+    query_block = torch.div(attention.query_ranks(), block_size, rounding_mode="floor")  # (batch, 1, queries, 1)
+    key_members = F.one_hot(key_block.squeeze(-2), blocks).float() * real_keys.transpose(-2, -1)  # (b, 1, keys, B)
+    query_members = F.one_hot(query_block.squeeze(-1), blocks).float() * real_queries  # (b, 1, queries, B)
+    pooled_queries = _block_means(attention.query, query_members)
+    pooled_keys = _block_means(attention.key, key_members)
     block_scores = pooled_queries @ pooled_keys.transpose(-2, -1) * attention.scaling  # (b, h, QB, KB)
 
-    keys_per_block = _pad_to_blocks(real_keys.long(), block_size).sum(dim=-1).unsqueeze(-2)  # (b, 1, 1, KB)
+    # Seen keys of each key block, per query row, then the most any row of a query block sees.
+    seen_per_row = attention.valid_keys.float() @ key_members  # (b, 1, queries, KB)
+    per_query_block = query_block.expand_as(seen_per_row)
+    empty = seen_per_row.new_zeros(seen_per_row.shape[0], 1, blocks, blocks)
+    keys_per_block = empty.scatter_reduce(-2, per_query_block, seen_per_row, "amax").long()
+    counts = attention.keep_counts().new_zeros(seen_per_row.shape[0], 1, blocks, 1)
+    counts = counts.scatter_reduce(-2, query_block, attention.keep_counts(), "amax")
     block_scores = block_scores.masked_fill(keys_per_block == 0, float("-inf"))
-    counts = _pad_to_blocks(attention.keep_counts().squeeze(-1), block_size).amax(dim=-1).unsqueeze(-1)
 
     order = block_scores.argsort(dim=-1, descending=True)
     sizes_in_order = keys_per_block.expand_as(block_scores).gather(-1, order)
     covered_before = sizes_in_order.cumsum(dim=-1) - sizes_in_order
     keep_blocks = torch.zeros_like(block_scores, dtype=torch.bool).scatter_(-1, order, covered_before < counts)
-    keep = keep_blocks.repeat_interleave(block_size, dim=-2).repeat_interleave(block_size, dim=-1)
-    return keep[..., :queries, :keys]
+    heads = keep_blocks.shape[1]
+    keep = keep_blocks.gather(-2, query_block.expand(-1, heads, -1, blocks))  # (b, h, queries, KB)
+    return keep.gather(-1, key_block.expand(-1, heads, queries, -1))
 
 
-def _pad_to_blocks(values: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(..., tokens) -> (..., blocks, block_size), zero-padded."""
-    padded = F.pad(values, (0, -values.shape[-1] % block_size))
-    return padded.unflatten(-1, (-1, block_size))
-
-
-def _block_means(states: torch.Tensor, real: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Mean of the real rows of each block of `states` (batch, heads, tokens, dim), in float32."""
-    weights = _pad_to_blocks(real.float(), block_size)  # (batch, 1, blocks, block_size)
-    padded = F.pad(states.float(), (0, 0, 0, -states.shape[-2] % block_size))
-    sums = (padded.unflatten(-2, (-1, block_size)) * weights.unsqueeze(-1)).sum(dim=-2)
-    return sums / weights.sum(dim=-1, keepdim=True).clamp(min=1)
+def _block_means(states: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Mean of each block's rows of `states` (batch, heads, tokens, dim), in float32; members
+    (batch, 1, tokens, blocks) says which real token belongs to which block."""
+    sums = members.transpose(-2, -1) @ states.float()  # (batch, heads, blocks, dim)
+    return sums / members.sum(dim=-2).unsqueeze(-1).clamp(min=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,8 +501,8 @@ def crisp_attention(
     additive float mask. Returns the output (batch, tokens, heads, head_dim) and the attention
     probabilities (batch, heads, queries, keys) after dropout, as eager attention does; these are
     what `output_attentions=True` reports. Padded query positions attend to the real keys of their
-    sequence. A sequence with no real token at all gets finite output all the same: with a mask
-    pattern it attends densely to all its positions, with a selection (topk, random) to one of them.
+    sequence. A query that sees no key at all (a sequence without any real token, a left-padded
+    decoder's padding) gets the mean of the values, as eager attention's uniform attention gives it.
     """
     settings = getattr(module, SETTINGS_ATTRIBUTE, None)
     if settings is None:
@@ -467,9 +513,19 @@ def crisp_attention(
         )
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
 
-    if attention_mask is None:
+    causal_without_mask = attention_mask is None and getattr(module, "is_causal", False) and scores.shape[-2] > 1
+    if causal_without_mask:
+        # A causal layer called without a mask (the mask function always builds one; a caller may not).
+        queries, keys = scores.shape[-2:]
+        valid_keys = torch.ones(queries, keys, dtype=torch.bool, device=scores.device).tril(keys - queries)
+        valid_keys = valid_keys.view(1, 1, queries, keys)
+        scores = scores.masked_fill(~valid_keys, float("-inf"))
+    elif attention_mask is None:
         valid_keys = torch.ones_like(scores[:, :1], dtype=torch.bool)
     elif attention_mask.dtype == torch.bool:
         valid_keys = attention_mask
@@ -489,6 +545,7 @@ def crisp_attention(
             pattern_scores = scores.detach()
             if attention_mask is not None:
                 pattern_scores = pattern_scores.masked_fill(~valid_keys, float("-inf"))
+            padded = attention_mask is not None or causal_without_mask
             pattern_input = AttentionScores(
                 scores=pattern_scores,
                 query=query.detach(),
@@ -498,7 +555,7 @@ def crisp_attention(
                 n_valid=valid_keys.sum(dim=-1, keepdim=True),
                 settings=settings,
                 training=module.training,
-                padded=attention_mask is not None,
+                padded=padded,
             )
             chosen = registered.keep(pattern_input, **settings.options)
 
@@ -525,12 +582,28 @@ def crisp_attention(
             recorder.record(settings.layer_index, probabilities, valid_keys)
         probabilities = F.dropout(probabilities.to(value.dtype), p=dropout, training=module.training)
 
-    output = torch.matmul(probabilities, value).transpose(1, 2).contiguous()
+    output = torch.matmul(probabilities, value)
+    if attention_mask is not None:
+        # A row that sees no key at all (a padded query of a left-padded decoder, a padded query
+        # whose sliding window holds no real token) gets the mean of the values, as eager
+        # attention's additive mask makes it attend uniformly: models that read such a position
+        # (ModernBERT's first token under left padding) then give the logits of eager attention.
+        sees_nothing = ~valid_keys.any(dim=-1, keepdim=True)  # (batch, 1, queries, 1)
+        output = torch.where(sees_nothing, value.mean(dim=-2, keepdim=True), output)
+    output = output.transpose(1, 2).contiguous()
     return output, probabilities
 
 
+def crisp_mask(*args, **kwargs) -> torch.Tensor | None:
+    """`sdpa_mask`, except that a causal mask is always built: SDPA can stand in for a causal mask
+    without padding with its `is_causal` flag, the crisp attention cannot. (A bidirectional mask
+    without padding may still be skipped: None means every key is seen.)"""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
 AttentionInterface.register(ATTENTION_NAME, crisp_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+AttentionMaskInterface.register(ATTENTION_NAME, crisp_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,11 +628,13 @@ def sparsify(
     sparsemax and entmax15, whose sparsity is measured, not set.
 
     Works for Hugging Face models whose attention dispatches through `AttentionInterface`
-    (DistilBERT, BERT, RoBERTa and most encoders of transformers >= 5). Checks the settings
+    (the families of crisp.families and most models of transformers >= 5). Checks the settings
     (`crisp.patterns.check_experiment`; raises its ExperimentError, a ValueError), stores them with
     the layer index on each attention module, records them on `model.config` (crisp_pattern,
     crisp_sparsity, crisp_pattern_options, crisp_apply, crisp_seed), switches the attention
-    implementation to "crisp" and returns the same model.
+    implementation to "crisp", checks on a probe forward that every attention layer runs it
+    (raises `UnsupportedModelError`, a ValueError, naming the model otherwise) and returns the
+    same model.
     """
     check_experiment({"pattern": pattern, "sparsity": sparsity, "options": options, "apply": apply})
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -575,6 +650,14 @@ def sparsify(
         sparsity = float(sparsity)
     options = {name: options.get(name, option.default) for name, option in info.options.items()}
 
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the refusal below says it in one line
+    try:
+        model.set_attn_implementation(ATTENTION_NAME)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    if model.config._attn_implementation != ATTENTION_NAME:
+        raise UnsupportedModelError(model, "it cannot switch its attention implementation")
     modules = _attention_modules(model)
     for layer_index, module in enumerate(modules):
         setattr(module, SETTINGS_ATTRIBUTE, SparseAttention(pattern, sparsity, options, apply, seed, layer_index))
@@ -583,13 +666,48 @@ def sparsify(
     model.config.crisp_pattern_options = dict(options)
     model.config.crisp_apply = apply
     model.config.crisp_seed = seed
-    model.set_attn_implementation(ATTENTION_NAME)
-    if model.config._attn_implementation != ATTENTION_NAME:
-        raise ValueError(
-            f"{type(model).__name__} cannot switch to the {ATTENTION_NAME!r} attention: its attention "
-            f"layers do not go through transformers' AttentionInterface (transformers >= 5 needed)"
-        )
+    _probe(model, modules)
     return model
+
+
+class UnsupportedModelError(ValueError):
+    """A model whose attention layers never call the registered attention function."""
+
+    def __init__(self, model, why: str):
+        config = model.config
+        name = getattr(config, "name_or_path", "") or "the model"
+        super().__init__(
+            f"{name} ({type(model).__name__}, model_type {config.model_type!r}) cannot be sparsified: {why}, "
+            f"so its attention layers never call the function registered with transformers' "
+            f"AttentionInterface (they compute their own softmax) and no sparsity would be applied; "
+            f"use a family of crisp.families (BERT, RoBERTa, ModernBERT, GPT-2, Llama, Qwen2, ...)"
+        )
+
+
+def _probe(model, modules: list[torch.nn.Module]) -> None:
+    """Run one short forward and check that every attention module called `crisp_attention`.
+
+    In evaluation mode and without gradients, so that it draws nothing from the random generators
+    (dropout is off; random's evaluation masks are a hash) and leaves training as it would be.
+    """
+    device = next(model.parameters()).device
+    vocabulary = max(getattr(model.config, "vocab_size", 5) or 5, 2)
+    input_ids = (torch.arange(4, device=device) % (vocabulary - 1) + 1).view(1, 4)
+    recorder = AttentionRecorder(len(modules))
+    for module in modules:
+        setattr(module, RECORDER_ATTRIBUTE, recorder)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    finally:
+        model.train(was_training)
+        for module in modules:
+            setattr(module, RECORDER_ATTRIBUTE, None)
+    missed = [index for index, seen in enumerate(recorder.layers_seen()) if not seen]
+    if missed:
+        raise UnsupportedModelError(model, f"a probe forward never reached the registered attention in layers {missed}")
 
 
 def _attention_modules(model) -> list[torch.nn.Module]:
@@ -644,6 +762,10 @@ class AttentionRecorder:
         totals = torch.stack([(entropy * weights).sum(), (kept / n_valid.clamp(min=1) * weights).sum(), weights.sum()])
         previous = self._totals[layer_index]
         self._totals[layer_index] = totals if previous is None else previous + totals
+
+    def layers_seen(self) -> list[bool]:
+        """Whether each layer recorded at least one attention call."""
+        return [totals is not None for totals in self._totals]
 
     def summary(self) -> dict[str, list[float | None]]:
         """{"attention_entropy": [per layer], "kept_fraction": [per layer]}; None for a layer that

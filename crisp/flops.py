@@ -1,4 +1,4 @@
-"""An honest FLOP account for sparse attention in BERT-family encoders.
+"""An honest FLOP account for sparse attention in Hugging Face encoders and decoders.
 
 The paper claims a "20 % FLOP reduction per layer". Whether that holds depends on what is counted,
 so this module reports three views of the same sparse configuration, per encoder layer and for one
@@ -12,6 +12,14 @@ sequence of n tokens (d = hidden size, h = heads, d_ff = FFN width; a multiply-a
     output_projection   2 n d²
     ffn                 4 n d d_ff      two d x d_ff matmuls (16 n d² at d_ff = 4d)
 
+Families differ (their shape is declared in crisp.families and read by `Architecture.from_config`):
+grouped-query attention projects keys and values to kv_heads x head_dim < d (qkv_projections
+2 n d² + 4 n d d_kv); a gated MLP has three d x d_ff projections (6 n d d_ff); ALBERT applies one
+set of layer weights to every layer (same FLOPs per layer, shared parameters); a decoder's query i
+sees keys 0 .. i and a sliding-window layer (ModernBERT's local layers, Qwen2's) only the keys in
+its window. The score components above count every (query, key) pair, as our implementation and
+eager attention compute them; the ideal views count only the pairs a query sees (see below).
+
 Biases, layer norms, GELU, dropout, residual additions and the 1/sqrt(d_head) scale are left out:
 each is O(n d) or O(h n²) element-wise work, and FlopCounterMode does not count them either. Nor
 is the top-k selection itself (comparisons, not arithmetic), so as_executed is a lower bound.
@@ -24,8 +32,11 @@ k = keep_count(n, sparsity) keys (topk, random, window and block_topk all keep t
   back into the full matrix), so nothing is saved: the count equals dense. topk and random run
   the softmax on their k kept scores only, but choosing them compares all n scores of the row,
   which costs at least as much as the softmax it spares; the count keeps the dense softmax.
-- ideal_sparse: a kernel that skips masked entries. qk_scores, softmax and attention_values scale
-  by k / n; projections and FFN are untouched. For top-k this is an upper bound (top-k itself needs
+- ideal_sparse: a kernel that skips masked entries. qk_scores, softmax and attention_values count
+  sum over queries of k_i = keep_count(seen_i, sparsity), seen_i the keys query i sees (n in an
+  encoder, i + 1 in a decoder, fewer in a sliding window), instead of n²; projections and FFN are
+  untouched. Its reduction is against the dense model run by such a kernel (every seen key), so a
+  decoder's causal mask does not count as a saving of sparsity. For top-k this is an upper bound (top-k itself needs
   every score); it is what a pattern known before the scores (block, local) could reach.
 - paper_accounting: ideal_sparse restricted to the attention sub-layer (qkv_projections,
   qk_scores, softmax, attention_values, output_projection; FFN excluded). This is the only reading
@@ -119,59 +130,122 @@ ROW_COLUMNS = (
 
 @dataclass(frozen=True)
 class Architecture:
-    """The numbers of a BERT-family encoder that its FLOPs depend on."""
+    """The numbers of a transformer classifier that its FLOPs depend on.
+
+    key_value_heads: heads of the key and value projections (None: as many as `heads`).
+    mlp_projections: d x d_ff matrices in the MLP (2; 3 in a gated MLP).
+    causal: a query sees only the keys at or before it.
+    windows: per layer, None (the query sees every key) or the sliding window w of that layer: a
+      causal query i sees keys i - w < j <= i, a bidirectional one keys |i - j| <= w. Empty: no window.
+    head_tokens: "first" (a d x d layer and the classifier on the first token) or "all" (the
+      decoders' classifier on every token).
+    embedding_projection: the embedding width projected to d before the layers (ALBERT), or 0.
+    """
 
     layers: int
     hidden: int
     heads: int
     intermediate: int
+    key_value_heads: int | None = None
+    mlp_projections: int = 2
+    causal: bool = False
+    windows: tuple[int | None, ...] = ()
+    head_tokens: str = "first"
+    embedding_projection: int = 0
 
-    # DistilBertConfig names first (dim, hidden_dim, ...), then BERT / RoBERTa / MiniLM names.
-    # hidden_dim must be tried before intermediate_size and dim before hidden_size: DistilBERT's
-    # "hidden_dim" is the FFN width, not the model width.
-    _CONFIG_NAMES: ClassVar[dict[str, tuple[str, str]]] = {
-        "layers": ("n_layers", "num_hidden_layers"),
-        "hidden": ("dim", "hidden_size"),
-        "heads": ("n_heads", "num_attention_heads"),
-        "intermediate": ("hidden_dim", "intermediate_size"),
+    # DistilBertConfig names first (dim, hidden_dim, ...), then BERT / RoBERTa / MiniLM names, then
+    # GPT-2's. hidden_dim must be tried before intermediate_size and dim before hidden_size:
+    # DistilBERT's "hidden_dim" is the FFN width, not the model width.
+    _CONFIG_NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "layers": ("n_layers", "num_hidden_layers", "n_layer"),
+        "hidden": ("dim", "hidden_size", "n_embd"),
+        "heads": ("n_heads", "num_attention_heads", "n_head"),
+        "intermediate": ("hidden_dim", "intermediate_size", "n_inner"),
     }
+
+    @property
+    def key_value_width(self) -> int:
+        """kv_heads x head_dim: the width of the key and value projections."""
+        return self.hidden * (self.key_value_heads or self.heads) // self.heads
 
     @classmethod
     def from_config(cls, config) -> Architecture:
-        """Read the numbers from a transformers config (DistilBERT, BERT, RoBERTa, MiniLM)."""
+        """Read the numbers from a transformers config; the family's shape from crisp.families."""
+        from crisp.families import FlopShape, family_of
+
         values = {}
         for field, names in cls._CONFIG_NAMES.items():
             found = [getattr(config, name) for name in names if isinstance(getattr(config, name, None), int)]
+            if field == "intermediate" and not found and config.model_type == "gpt2":
+                found = [4 * values["hidden"]]  # GPT-2's n_inner = None means 4 d
             if not found:
                 raise ValueError(
                     f"{type(config).__name__} has none of the attributes {' / '.join(names)} "
-                    f"needed for the {field} of the encoder; crisp.flops supports DistilBERT, BERT, "
-                    f"RoBERTa and MiniLM configs. Pass an Architecture(layers, hidden, heads, "
-                    f"intermediate) instead."
+                    f"needed for the {field} of the model; crisp.flops reads the families of "
+                    f"crisp.families. Pass an Architecture(layers, hidden, heads, intermediate) instead."
                 )
             values[field] = found[0]
-        return cls(**values)
+        family = family_of(config.model_type)
+        shape = family.flops if family is not None else FlopShape()
+        kv_heads = getattr(config, "num_key_value_heads", None)
+        embedding = getattr(config, "embedding_size", None)
+        return cls(
+            **values,
+            key_value_heads=kv_heads if isinstance(kv_heads, int) and kv_heads != values["heads"] else None,
+            mlp_projections=shape.mlp_projections,
+            causal=family.causal if family is not None else False,
+            windows=_layer_windows(config, values["layers"]),
+            head_tokens=shape.head_tokens,
+            embedding_projection=embedding if shape.embedding_projection and isinstance(embedding, int) else 0,
+        )
+
+
+def _layer_windows(config, layers: int) -> tuple[int | None, ...]:
+    """Per layer, the sliding window the model's mask applies (transformers' layer_types), if any."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not isinstance(window, int):
+        return ()
+    if layer_types:
+        windows = tuple(window if kind == "sliding_attention" else None for kind in layer_types[:layers])
+    else:
+        windows = (window,) * layers  # Mistral: every layer
+    return windows if any(w is not None for w in windows) else ()
+
+
+def seen_keys(arch: Architecture, seq_len: int, layer: int = 0) -> list[int]:
+    """How many keys each query of a sequence of seq_len real tokens sees in `layer`."""
+    window = arch.windows[layer] if arch.windows else None
+    seen = []
+    for i in range(seq_len):
+        first, last = 0, (i if arch.causal else seq_len - 1)
+        if window is not None:
+            first = max(0, i - window + 1) if arch.causal else max(0, i - window)
+            last = last if arch.causal else min(seq_len - 1, i + window)
+        seen.append(last - first + 1)
+    return seen
 
 
 # --------------------------------------------------------------------------- analytic model
 
 
-def layer_flops(arch: Architecture, seq_len: int, keys_per_query: int | None = None) -> dict:
-    """Forward and training FLOPs of one encoder layer for one sequence, by component.
+def layer_flops(arch: Architecture, seq_len: int, keys_per_query: float | None = None) -> dict:
+    """Forward and training FLOPs of one layer for one sequence, by component.
 
-    keys_per_query < seq_len gives the count of a kernel that computes only the kept scores.
-    Returns {"forward": {component: flops}, "training": {component: flops}}.
+    keys_per_query (a mean over queries) < seq_len gives the count of a kernel that computes only
+    the kept scores. Returns {"forward": {component: flops}, "training": {component: flops}}.
     """
     n, d = seq_len, arch.hidden
     k = seq_len if keys_per_query is None else keys_per_query
-    scores = arch.heads * n * k
+    pairs = round(n * k)  # (query, key) pairs per head
+    scores = arch.heads * pairs
     forward = {
-        "qkv_projections": 3 * 2 * n * d * d,
-        "qk_scores": 2 * n * k * d,
+        "qkv_projections": 2 * n * d * d + 2 * 2 * n * d * arch.key_value_width,
+        "qk_scores": 2 * pairs * d,
         "softmax": SOFTMAX_FORWARD_FLOPS_PER_SCORE * scores,
-        "attention_values": 2 * n * k * d,
+        "attention_values": 2 * pairs * d,
         "output_projection": 2 * n * d * d,
-        "ffn": 2 * 2 * n * d * arch.intermediate,
+        "ffn": arch.mlp_projections * 2 * n * d * arch.intermediate,
     }
     training = {component: flops * (1 + MATMUL_BACKWARD_PER_FORWARD) for component, flops in forward.items()}
     training["softmax"] = (SOFTMAX_FORWARD_FLOPS_PER_SCORE + SOFTMAX_BACKWARD_FLOPS_PER_SCORE) * scores
@@ -219,14 +293,20 @@ def layer_account(arch: Architecture, seq_len: int, pattern: str, sparsity: floa
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity} (pattern {pattern!r})")
     dense = layer_flops(arch, seq_len)
     # Every sparse pattern with a set sparsity (topk, random, window, block_topk) keeps
-    # keep_count(n, sparsity) keys per query.
+    # keep_count(seen, sparsity) keys of the `seen` keys of each query; a mean over the layers.
+    layers = range(len(arch.windows) if arch.windows else 1)
+    seen = [seen_keys(arch, seq_len, layer) for layer in layers]
+    seen_mean = sum(map(sum, seen)) / (len(seen) * seq_len)
     if pattern == "dense":
-        keys = seq_len
+        keys = seen_mean
     elif adaptive:
         keys = None
     else:
-        keys = keep_count(seq_len, sparsity)
+        keys = sum(keep_count(v, sparsity) for row in seen for v in row) / (len(seen) * seq_len)
+    if keys is not None and keys == int(keys):
+        keys = int(keys)
     sparse = layer_flops(arch, seq_len, keys_per_query=keys)
+    dense_seen = layer_flops(arch, seq_len, keys_per_query=seen_mean)
     extra = {"forward": {}, "training": {}}
     if pattern == "block_topk":
         block = block_scores_flops(arch, seq_len, int(options.get("block_size", DEFAULT_BLOCK_SIZE)))
@@ -234,18 +314,19 @@ def layer_account(arch: Architecture, seq_len: int, pattern: str, sparsity: floa
     views = {"as_executed": {}, "ideal_sparse": {}, "paper_accounting": {}}
     for pass_name in PASSES:
         dense_pass, sparse_pass = dense[pass_name], {**sparse[pass_name], **extra[pass_name]}
+        ideal_dense = dense_seen[pass_name]  # the dense model on a kernel that skips unseen keys
         views["as_executed"][pass_name] = _view_entry({**dense_pass, **extra[pass_name]}, dense_pass)
-        views["ideal_sparse"][pass_name] = _view_entry(dict(sparse_pass), dense_pass)
+        views["ideal_sparse"][pass_name] = _view_entry(dict(sparse_pass), ideal_dense)
         views["paper_accounting"][pass_name] = _view_entry(
             {c: sparse_pass[c] for c in sparse_pass if c != "ffn"},
-            {c: dense_pass[c] for c in ATTENTION_SUBLAYER},
+            {c: ideal_dense[c] for c in ATTENTION_SUBLAYER},
         )
     if adaptive:
         views["ideal_sparse"] = views["paper_accounting"] = None
     return {
         "seq_len": seq_len,
         "keys_per_query": keys,
-        "keep_fraction": None if keys is None else keys / seq_len,
+        "keep_fraction": None if keys is None else keys / seen_mean,
         "dense": dense,
         "views": views,
     }
@@ -254,9 +335,13 @@ def layer_account(arch: Architecture, seq_len: int, pattern: str, sparsity: floa
 def classification_head_flops(arch: Architecture, num_labels: int) -> int:
     """Forward FLOPs of the sequence-classification head on the first token.
 
-    DistilBERT (pre_classifier + classifier), BERT (pooler + classifier) and RoBERTa
-    (dense + out_proj) all apply a d x d and a d x num_labels layer to one token.
+    DistilBERT (pre_classifier + classifier), BERT (pooler + classifier), RoBERTa (dense +
+    out_proj), ELECTRA, ALBERT and ModernBERT all apply a d x d and a d x num_labels layer to one
+    token. The decoders' classifier (GPT-2, Llama, Qwen2: `score`) is counted per token by
+    `analytic_forward_matmul_flops`, since it runs on every token.
     """
+    if arch.head_tokens == "all":
+        return 2 * arch.hidden * num_labels
     return 2 * arch.hidden * arch.hidden + 2 * arch.hidden * num_labels
 
 
@@ -264,7 +349,8 @@ def analytic_forward_matmul_flops(arch: Architecture, seq_len: int, num_labels: 
     """What FlopCounterMode should see for one sequence: matmuls only, no softmax."""
     forward = layer_flops(arch, seq_len)["forward"]
     per_layer = sum(forward.values()) - forward["softmax"]
-    head = classification_head_flops(arch, num_labels)
+    head = classification_head_flops(arch, num_labels) * (seq_len if arch.head_tokens == "all" else 1)
+    head += 2 * seq_len * arch.embedding_projection * arch.hidden  # ALBERT's embedding projection
     return {"per_layer": per_layer, "head": head, "total": arch.layers * per_layer + head}
 
 
@@ -295,7 +381,9 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * batch * heads * queries * keys * head_dim + 2 * batch * heads * queries * keys * value_dim
 
 
-_ENCODER_LAYER_NAME = re.compile(r"\.layer\.(\d+)$")
+# The layers as FlopCounterMode names them: BERT-like ...layer.<i>, GPT-2 ...h.<i>, Llama and
+# ModernBERT ...layers.<i>, ALBERT ...albert_layers.<i> (one shared layer, run once per layer).
+_ENCODER_LAYER_NAME = re.compile(r"\.(?:layer|layers|h|albert_layers)\.(\d+)$")
 
 
 def measure_forward_flops(model: torch.nn.Module, seq_len: int, batch_size: int = 1) -> dict:
@@ -310,7 +398,9 @@ def measure_forward_flops(model: torch.nn.Module, seq_len: int, batch_size: int 
 
     config = model.config
     device = next(model.parameters()).device
-    input_ids = (torch.arange(batch_size * seq_len, device=device) % config.vocab_size).view(batch_size, seq_len)
+    # Ids from 1 on: no token is the pad id 0 of the tiny models (a decoder reads the last non-pad one).
+    ids = torch.arange(batch_size * seq_len, device=device) % (config.vocab_size - 1) + 1
+    input_ids = ids.view(batch_size, seq_len)
     attention_mask = torch.ones_like(input_ids)
     # FlopCounterMode knows the CUDA SDPA kernels but counts the CPU flash kernel as 0 FLOPs.
     cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
@@ -330,6 +420,9 @@ def measure_forward_flops(model: torch.nn.Module, seq_len: int, batch_size: int 
             f"measure_forward_flops supports DistilBERT, BERT, RoBERTa and MiniLM models"
         )
     per_layer = [layers[i] for i in sorted(layers)]
+    layer_count = Architecture.from_config(config).layers
+    if len(per_layer) < layer_count:  # shared layer weights (ALBERT): one module counted for every layer
+        per_layer = [sum(per_layer) // layer_count] * layer_count
     total = counter.get_total_flops() // batch_size
     return {
         "seq_len": seq_len,
@@ -406,7 +499,7 @@ def profile_experiment(
         "sparsity": sparsity,
         "options": dict(options or {}),
         "note": ADAPTIVE_NOTE if is_adaptive(pattern, sparsity) else None,
-        "architecture": asdict(arch),
+        "architecture": {**asdict(arch), "windows": list(arch.windows)},
         "assumptions": _assumptions(),
         "by_seq_len": by_seq_len,
     }

@@ -21,8 +21,10 @@ import hashlib
 import re
 from pathlib import Path
 
+from crisp.families import TINY_NAMES
+
 BUNDLED_MODELS = ("minilm",)
-TINY_ARCHITECTURES = ("distilbert", "bert", "roberta")
+TINY_ARCHITECTURES = tuple(TINY_NAMES)
 # The tiny test models have no vocabulary of their own: they borrow the bundled MiniLM's.
 BUNDLED_TOKENIZER = "bundled:minilm"
 

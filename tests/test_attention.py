@@ -23,6 +23,7 @@ from crisp.attention import (
     register_pattern,
     sparsify,
 )
+from crisp.families import tiny_family
 from crisp.patterns import PATTERNS_INFO, ExperimentError, PatternInfo, check_experiment
 
 ARCHITECTURES = ["distilbert", "bert", "roberta"]
@@ -36,25 +37,14 @@ BLOCK_SIZE = 4  # block_topk's blocks in these tests, small so that short sequen
 
 
 def tiny_model(architecture: str, seed: int = 0):
-    """A 2-layer random-init classifier, dropout off so that masks and outputs are deterministic."""
+    """The 2-layer random-init classifier of a family (crisp.families), with a 100-token vocabulary
+    and dropout off, so that masks and outputs are deterministic."""
     torch.manual_seed(seed)
-    if architecture == "distilbert":
-        config = transformers.DistilBertConfig(
-            vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64, dropout=0.0, attention_dropout=0.0
-        )
-        return transformers.DistilBertForSequenceClassification(config)
-    shared = {
-        "vocab_size": 100,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-    }
-    if architecture == "bert":
-        return transformers.BertForSequenceClassification(transformers.BertConfig(**shared))
-    return transformers.RobertaForSequenceClassification(transformers.RobertaConfig(**shared))
+    model = transformers.AutoModelForSequenceClassification.from_config(tiny_family(architecture).tiny(100))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
 
 
 def padded_batch(model, lengths=LENGTHS, seed: int = 0, padded_length: int | None = None):

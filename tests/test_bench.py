@@ -65,6 +65,11 @@ def check_complete(report, device):
         assert case["faster_dense"] in ("dense_eager", "dense_sdpa")
         assert case["topk_over_faster_dense"]["median"] > 0 and isinstance(case["meets_goal"], bool)
     assert step["cases"]["sst2_lengths"]["lengths"]["mean"] < step["cases"]["all_real"]["lengths"]["mean"]
+    decoder = step["decoder"]
+    assert decoder["model"]["architecture"] == "llama" and decoder["goal"] == bench.DECODER_STEP_GOAL
+    assert decoder["model"]["key_value_heads"] < decoder["model"]["heads"]
+    assert set(decoder["cases"]) == {"all_real", "sst2_lengths"}
+    assert all(case["topk_over_faster_dense"]["median"] > 0 for case in decoder["cases"].values())
 
     for attention, case in report["compile"]["cases"].items():
         assert case["status"] in ("ok", "skipped"), attention

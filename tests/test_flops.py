@@ -7,9 +7,10 @@ import pandas
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig, GPT2Config, RobertaConfig
+from transformers import AutoModelForSequenceClassification, DistilBertConfig, PretrainedConfig
 
 from crisp.attention import sparsify
+from crisp.families import TINY_NAMES, tiny_family
 from crisp.flops import (
     ATTENTION_SUBLAYER,
     COMPONENTS,
@@ -22,6 +23,7 @@ from crisp.flops import (
     measure_forward_flops,
     profile_experiment,
     run_profile,
+    seen_keys,
     training_flops_per_example,
 )
 
@@ -40,13 +42,9 @@ CONTRACT_COLUMNS = [
 ]
 
 
-def tiny_config(family: str):
-    sizes = {"vocab_size": 128, "max_position_embeddings": 64}
-    if family == "distilbert":
-        return DistilBertConfig(dim=64, hidden_dim=256, n_heads=4, n_layers=2, **sizes)
-    if family == "bert":
-        return BertConfig(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, **sizes)
-    return RobertaConfig(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, **sizes)
+def tiny_config(name: str):
+    """The tiny:<name> config of crisp.families, with a small vocabulary (it initialises faster)."""
+    return tiny_family(name).tiny(128)
 
 
 def reduction(seq_len, view, pattern="topk", sparsity=0.8, pass_name="forward", arch=DISTILBERT):
@@ -117,13 +115,51 @@ def test_ideal_saving_touches_only_score_components():
 
 def test_architecture_reads_distilbert_and_bert_names():
     assert Architecture.from_config(DistilBertConfig()) == DISTILBERT
-    assert Architecture.from_config(tiny_config("bert")) == Architecture(2, 64, 4, 256)
-    assert Architecture.from_config(tiny_config("roberta")) == Architecture(2, 64, 4, 256)
+    assert Architecture.from_config(tiny_config("bert")) == Architecture(2, 64, 4, 128)
+    assert Architecture.from_config(tiny_config("roberta")) == Architecture(2, 64, 4, 128)
+
+
+def test_architecture_reads_each_familys_shape():
+    llama, qwen2 = Architecture.from_config(tiny_config("llama")), Architecture.from_config(tiny_config("qwen2"))
+    assert (llama.key_value_heads, llama.key_value_width, llama.mlp_projections, llama.causal) == (2, 32, 3, True)
+    assert qwen2.windows == (None, 8) and llama.windows == ()
+    assert Architecture.from_config(tiny_config("modernbert")).windows == (None, 8)
+    assert Architecture.from_config(tiny_config("gpt2")) == Architecture(2, 64, 4, 128, causal=True, head_tokens="all")
+    assert Architecture.from_config(tiny_config("albert")).layers == 2
+
+
+def test_a_query_sees_its_causal_and_windowed_keys():
+    assert seen_keys(Architecture(1, 8, 2, 8), 5) == [5] * 5
+    assert seen_keys(Architecture(1, 8, 2, 8, causal=True), 5) == [1, 2, 3, 4, 5]
+    assert seen_keys(Architecture(1, 8, 2, 8, causal=True, windows=(3,)), 5) == [1, 2, 3, 3, 3]
+    assert seen_keys(Architecture(1, 8, 2, 8, windows=(1,)), 5) == [2, 3, 3, 3, 2]
+
+
+def test_causal_ideal_counts_only_seen_keys_and_sparsity_saves_against_the_causal_dense():
+    arch = Architecture(layers=1, hidden=64, heads=4, intermediate=128, causal=True)
+    account = layer_account(arch, 10, "topk", 0.5)
+    expected_pairs = sum(keep_count(i + 1, 0.5) for i in range(10))  # 1, 1, 2, 2, ... 5, 5
+    ideal = account["views"]["ideal_sparse"]["forward"]
+    assert ideal["components"]["qk_scores"] == 2 * expected_pairs * 64
+    assert ideal["dense_total"] < sum(account["dense"]["forward"].values())  # the causal dense skips the future
+    dense_ideal = layer_account(arch, 10, "dense", 0.0)["views"]["ideal_sparse"]["forward"]
+    assert dense_ideal["reduction"] == 0 and dense_ideal["components"]["qk_scores"] == 2 * 55 * 64
+    assert account["keep_fraction"] == pytest.approx(expected_pairs / 55)
+
+
+def test_grouped_query_attention_and_gated_mlp_change_projections_only():
+    base = Architecture(layers=1, hidden=64, heads=4, intermediate=128)
+    gqa = Architecture(layers=1, hidden=64, heads=4, intermediate=128, key_value_heads=1, mlp_projections=3)
+    dense, grouped = layer_account(base, 16, "dense", 0.0)["dense"]["forward"], layer_account(gqa, 16, "dense", 0.0)
+    grouped = grouped["dense"]["forward"]
+    assert grouped["qkv_projections"] == 2 * 16 * 64 * 64 + 4 * 16 * 64 * 16
+    assert grouped["ffn"] == 3 * 2 * 16 * 64 * 128 == dense["ffn"] * 3 // 2
+    assert grouped["qk_scores"] == dense["qk_scores"]
 
 
 def test_unsupported_config_names_the_missing_attributes():
     with pytest.raises(ValueError, match="intermediate_size"):
-        Architecture.from_config(GPT2Config())
+        Architecture.from_config(PretrainedConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2))
 
 
 # --------------------------------------------------------------------------- measured counter
@@ -136,7 +172,7 @@ def random_model(config, attention: str):
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa", "crisp"])
-@pytest.mark.parametrize("family", ["distilbert", "bert", "roberta"])
+@pytest.mark.parametrize("family", list(TINY_NAMES))
 def test_analytic_forward_matches_flop_counter(family, attention):
     """Dense analytic matmuls = counted FLOPs; for "crisp" at 80 % top-k too (masking saves nothing)."""
     config = tiny_config(family)
@@ -221,7 +257,7 @@ def test_run_profile_writes_json_with_a_measured_section(tmp_path):
     assert report["experiment"] == "aggressive_sparse"
     assert report["model"] == "tiny:distilbert"
     assert report["apply"] == "train_and_eval"
-    assert set(report["architecture"]) == {"layers", "hidden", "heads", "intermediate"}
+    assert {"layers", "hidden", "heads", "intermediate", "key_value_heads", "causal"} <= set(report["architecture"])
     assert [entry["seq_len"] for entry in report["by_seq_len"]] == [16, 32]
     assert report["by_seq_len"][1]["keys_per_query"] == keep_count(32, 0.8)
     # Masked attention executes the dense count, whatever the implementation.

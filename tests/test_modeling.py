@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from crisp import hub, modeling
+from crisp.families import FAMILIES, TINY_NAMES
 from crisp.modeling import (
     HubUnreachableError,
     load_model,
@@ -44,7 +45,7 @@ def test_a_missing_local_directory_is_a_clear_error(spec):
         resolve_spec(spec)
 
 
-@pytest.mark.parametrize("spec", ["tiny:gpt2", "bundled:bert"])
+@pytest.mark.parametrize("spec", ["tiny:gpt3", "bundled:bert"])
 def test_unknown_builtin_models_list_the_choices(spec):
     with pytest.raises(ValueError, match="Available"):
         resolve_spec(spec)
@@ -89,13 +90,13 @@ def test_bundled_minilm_loads_pretrained_without_network(monkeypatch):
     assert similar[0, 1] - similar[0, 2] > 0.3, similar
 
 
-@pytest.mark.parametrize("architecture", ["distilbert", "bert", "roberta"])
+@pytest.mark.parametrize("architecture", list(TINY_NAMES))
 def test_tiny_models_are_small_and_pad_consistently(architecture):
     spec = f"tiny:{architecture}"
     tokenizer = load_tokenizer(spec)
     model = load_model(spec)
     config = model.config
-    assert config.model_type == architecture
+    assert config.model_type == TINY_NAMES[architecture]
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (2, 64, 4)
     assert config.vocab_size == len(tokenizer) and config.pad_token_id == tokenizer.pad_token_id == 0
     short, long = "good .", "a long and rather tedious film , but the ending is lovely ."
@@ -175,17 +176,15 @@ def test_a_cached_hub_model_loads_without_the_hub(unreachable_hub, tmp_path, mon
     assert model.config.hidden_size == 64 and len(tokenizer) == model.config.vocab_size
 
 
-DROPOUT_KEYS = {"distilbert": "attention_dropout", "bert": "attention_probs_dropout_prob",
-                "roberta": "attention_probs_dropout_prob"}
-
-
 @pytest.mark.parametrize("architecture", ["distilbert", "bert", "roberta"])
 def test_attention_dropout_sets_the_architectures_own_key_and_nothing_else(architecture):
+    # Every family's key reaching its attention: tests/test_families.py.
     spec = f"tiny:{architecture}"
+    key = FAMILIES[architecture].attention_dropout_key
     default = load_model_config(spec).to_dict()
     raised = load_model_config(spec, attention_dropout=0.37).to_dict()
-    assert raised[DROPOUT_KEYS[architecture]] == 0.37 != default[DROPOUT_KEYS[architecture]]
-    assert {key for key in raised if raised[key] != default.get(key)} == {DROPOUT_KEYS[architecture]}
+    assert raised[key] == 0.37 != default[key]
+    assert {name for name in raised if raised[name] != default.get(name)} == {key}
     assert load_model_config(spec, attention_dropout=None).to_dict() == default
 
     # the model built from it drops attention probabilities at that rate, and hidden states as before

@@ -337,7 +337,7 @@ def test_report_shows_the_summary_table_and_the_figures_in_a_browser(smoke, repo
         ),
         ({"training": {"learning_rate": -0.1}}, "training.learning_rate"),
         ({"trainig": {"epochs": 1}}, "trainig"),
-        ({"models": ["tiny:gpt2"]}, "models.0"),
+        ({"models": ["tiny:gpt3"]}, "models.0"),
     ],
 )
 def test_workflow_rejects_a_bad_config_before_any_job(tmp_path, overlay, key):
