@@ -107,6 +107,9 @@ def model_spec_problem(spec: str) -> str | None:
             return None
     if is_local_path(spec) and not Path(spec).expanduser().is_dir():
         return f"{spec!r} looks like a folder but does not exist (relative paths start from the working directory)"
+    if "{" in spec or "}" in spec:
+        # A local folder's files are inputs of its train jobs, where Snakemake reads braces as wildcards.
+        return f"{spec!r} cannot be used: a model spec may not hold {{ or }} (Snakemake reads them as wildcards)"
     return None
 
 

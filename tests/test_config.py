@@ -217,3 +217,13 @@ def test_a_later_file_can_drop_an_experiment_or_a_task(tmp_path):
 def test_experiments_are_checked_as_sparsify_would(override, key):
     with pytest.raises(ConfigError, match=f"'{key}"):
         load_config([ROOT / "config.yaml"], [override])
+
+
+def test_a_model_folder_with_braces_is_rejected_naming_the_key(tmp_path):
+    # Its files are inputs of the train jobs, and Snakemake reads braces in an input as wildcards.
+    folder = tmp_path / "model {x}"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"\{ or \}") as error:
+        load_config([ROOT / "config.yaml"], [f"models=['{folder}']"])
+    assert "'models.0'" in str(error.value)
