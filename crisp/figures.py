@@ -170,7 +170,7 @@ def plot_sparsity_effects(
     rows = len(compared) + len(groups)
     pooled = pooled.dropna(subset=["effect"]) if pooled is not None else pd.DataFrame()
     pooled_rows = len(pooled) + 1 if len(pooled) else 0
-    figure = new_figure(figsize=(8, 1.8 + 0.32 * (rows + pooled_rows)))
+    figure = new_figure(figsize=(8, 2.4 + 0.32 * (rows + pooled_rows)))
     if pooled_rows:
         axes, pooled_axes = figure.subplots(2, 1, height_ratios=[rows, pooled_rows + 1.5])
     else:
@@ -252,7 +252,8 @@ def plot_sparsity_effects(
         )
         if pooled["scale"].iloc[0] == POINTS:
             pooled_axes.set_xlim(axes.get_xlim())
-    axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    # Below the panels, so the axes keep the figure's width for long experiment names.
+    figure.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=2)
     return figure
 
 
@@ -309,7 +310,7 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline:
     """Primary metric (x 100) against sparsity: one line per pattern with its interval band; controls apart."""
     from crisp.metrics import metric_label
 
-    figure = new_figure(figsize=(7.5, 4.6))
+    figure = new_figure(figsize=(7.5, 5.4))
     axes = figure.subplots()
     first = summary.iloc[0]
     # Placed where the sparsity was measured on the validation set, not where it was configured: block
@@ -387,7 +388,7 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline:
         if len(level)
         else "no interval"
     )
-    axes.set_xlabel("attention sparsity measured on the validation set (% of keys masked per query: 1 − kept fraction)")
+    axes.set_xlabel("attention sparsity measured on the validation set\n(% of keys masked per query: 1 − kept fraction)")
     axes.set_ylabel(f"validation {metric_label(first['metric'])} (×100)")
     axes.set_title(
         f"{first['task']} · {first['model']}: {metric_label(first['metric'])} vs sparsity\n"
@@ -395,7 +396,8 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline:
         fontsize=9,
     )
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    # Below the axes, so that the title and the axis label keep the figure's width.
+    figure.legend(fontsize=7, loc="outside lower center", ncols=2)
     return figure
 
 
