@@ -388,7 +388,9 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, runs: pd.DataFrame, baseline:
         if len(level)
         else "no interval"
     )
-    axes.set_xlabel("attention sparsity measured on the validation set\n(% of keys masked per query: 1 − kept fraction)")
+    axes.set_xlabel(
+        "attention sparsity measured on the validation set\n(% of keys masked per query: 1 − kept fraction)"
+    )
     axes.set_ylabel(f"validation {metric_label(first['metric'])} (×100)")
     axes.set_title(
         f"{first['task']} · {first['model']}: {metric_label(first['metric'])} vs sparsity\n"
