@@ -74,7 +74,16 @@ def crisp_sources(*modules):
     """The crisp modules a job runs, besides those every command goes through, declared as
     inputs, so that editing one reruns the rule (Snakemake does not notice edits to imported code).
     """
-    common = ("cli", "config", "errors", "families", "layout", "schema", "settings", "tasks")
+    common = (
+        "cli",
+        "config",
+        "errors",
+        "families",
+        "layout",
+        "schema",
+        "settings",
+        "tasks",
+    )
     return [
         str(Path(workflow.basedir) / "crisp" / f"{module}.py")
         for module in (*common, *modules)
