@@ -13,6 +13,7 @@
 import re
 import shlex
 import sys
+from pathlib import Path
 
 from snakemake.utils import min_version
 
@@ -27,6 +28,19 @@ shell.prefix(
     + shlex.quote(workflow.basedir)
     + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
+
+# Snakemake's configfile directive reads with PyYAML's recursive loader, where a file nested 1,000
+# deep is a RecursionError traceback: read the workflow's own config file with crisp's bounded reader
+# first, so that such a file is one line naming it. (A --configfile is read by Snakemake before this
+# file runs; common.smk checks those once the directive has merged them.)
+if Path("config.yaml").is_file():
+    from crisp.config import check_config_files
+    from crisp.errors import ConfigError
+
+    try:
+        check_config_files(["config.yaml"])
+    except ConfigError as error:
+        raise WorkflowError(f"Invalid configuration: {error}")
 
 
 configfile: "config.yaml"

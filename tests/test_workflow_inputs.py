@@ -189,3 +189,17 @@ def test_a_deeply_nested_configfile_is_rejected_in_one_line(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "deep.yaml" in output and "nested deeper than" in output and "RecursionError" not in output, output[-3000:]
+
+
+def test_a_config_yaml_nested_a_thousand_deep_is_rejected_in_one_line(tmp_path):
+    # The workflow's own configfile is read before Snakemake's directive reads it (PyYAML recurses:
+    # 1,000 levels are a RecursionError there). A --configfile that deep is read by Snakemake itself
+    # before the workflow loads, out of the workflow's reach; `crisp config --config FILE` names it.
+    workdir = copy_repository(tmp_path / "repo")
+    config = workdir / "config.yaml"
+    config.write_text(config.read_text() + "extra: " + "{a: " * 1000 + "1" + "}" * 1000 + "\n")
+    result = run_snakemake(workdir, "--dry-run", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config.yaml" in output and "nested deeper than" in output, output[-3000:]
+    assert "RecursionError" not in output and "Traceback" not in output, output[-3000:]
