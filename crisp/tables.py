@@ -31,6 +31,7 @@ import pandas as pd
 from crisp import stats
 from crisp.comparisons import add_verdicts, compare_to_baseline, shared_seeds
 from crisp.errors import ConfigError, RunFormatError
+from crisp.layout import TABLES
 from crisp.metrics import CALIBRATION_BINS, metric_label, primary_metric
 from crisp.pooling import pooled_effects, write_pooled_markdown
 from crisp.runs import PROVENANCE_COLUMNS, collect_runs, read_metrics, read_predictions, run_row
@@ -605,16 +606,8 @@ def write_flops_markdown(flops: pd.DataFrame, path: Path) -> None:
 
 # ---------------------------------------------------------------- entry point
 
-TABLE_FILES = (
-    "runs.csv",
-    "summary.csv",
-    "summary.md",
-    "summary.tex",
-    "pooled.csv",
-    "pooled.md",
-    "flops.csv",
-    "flops.md",
-)
+# The file names the workflow declares as the tables rule's outputs (crisp.layout names every path).
+TABLE_FILES = TABLES
 
 
 def write_tables(
