@@ -32,9 +32,12 @@ Grouped-query attention (Llama, Qwen2: fewer key/value heads than query heads) s
 key/value head among its group of query heads, as the models' own eager attention does.
 
 `topk` and `random` hand back the positions of their keys (a `KeySelection`): only the k chosen
-scores of each row go through the softmax and the dropout, and are then scattered into the
-probability matrix for A V. The other patterns hand back a boolean mask; the scores outside it are
-set to -inf before a normaliser over the whole row.
+scores of each row go through the softmax and the dropout (crisp.kept_attention, whose backward
+is written out), and are then scattered into the probability matrix for A V. Top-k's choice of a
+row depends on that row alone, so a decoder's queries are taken in blocks of rows that read only
+the keys before the block's end, skipping most of the future that a causal mask hides. The other
+patterns hand back a boolean mask; the scores outside it are set to -inf before a normaliser over
+the whole row.
 
 The function is plugged into transformers through its registries (no model code is patched):
 `AttentionInterface` gets the attention function under the name "crisp", and
@@ -48,8 +51,9 @@ custom name receives no mask at all, and padded keys would silently get attentio
 (and on `model.config`, so that `save_pretrained` records them), and checks on a probe forward
 that every attention module really calls the registered function: a model whose layers compute
 their own softmax (DeBERTa, MPNet) is refused. The attention function only reads
-them: it never validates, never reads a value back from the device and loops over no heads or rows,
-so it compiles with `torch.compile(fullgraph=True)` and keeps a GPU's queue of kernels full.
+them: it never validates, never reads a value back from the device, and loops over no heads or rows
+(only over a few blocks of rows whose sizes come from the shapes), so it compiles with
+`torch.compile(fullgraph=True)` and keeps a GPU's queue of kernels full.
 
 Usage:
     model = sparsify(model, pattern="topk", sparsity=0.8, seed=run_seed)
@@ -73,6 +77,7 @@ from transformers.masking_utils import sdpa_mask
 from transformers.utils import logging as transformers_logging
 
 from crisp import patterns
+from crisp.kept_attention import block_scores, kept_attention, query_blocks
 from crisp.patterns import PATTERNS_INFO, SPARSITY_ADAPTIVE, SPARSITY_ZERO, check_experiment
 
 ATTENTION_NAME = "crisp"
@@ -167,8 +172,11 @@ class SparseAttention:
 class AttentionScores:
     """What a pattern sees in one attention call (no gradient flows through a pattern).
 
-    scores:      (batch, heads, queries, keys) scaled pre-softmax scores, -inf at padding keys.
-    query, key:  (batch, heads, tokens, head_dim), for patterns that choose without the scores.
+    scores:      (batch, heads, queries, keys) scaled pre-softmax scores, -inf at keys the query
+                 does not see.
+    query, key:  (batch, heads, queries, head_dim) and (batch, key_value_heads, keys, head_dim),
+                 for patterns that choose without the scores; with grouped-query attention each
+                 key/value head serves `heads // key_value_heads` consecutive query heads.
     scaling:     the factor applied to query . key.
     valid_keys:  (batch, 1, queries, keys) boolean: True where the query sees the key (a real
                  token, and for a decoder or a sliding-window layer one its mask lets it see).
@@ -259,25 +267,45 @@ def entmax15(scores: torch.Tensor) -> torch.Tensor:
     return _Entmax15.apply(scores.float())
 
 
+# What a keep-function returns (RegisteredPattern.selection):
+SELECT_MASK = "mask"  # a boolean keep-mask; the normaliser runs over the whole row
+SELECT_KEYS = "keys"  # a KeySelection; the softmax runs over the chosen scores only
+# A KeySelection whose choice for a row depends only on that row's scores, seen keys and count: the
+# attention may ask for it block by block of query rows, each block with only the keys it sees
+# (a decoder's rows skip the future), so `scores` has fewer columns than the sequence has keys.
+SELECT_KEYS_BY_ROW = "keys_by_row"
+SELECTIONS = (SELECT_MASK, SELECT_KEYS, SELECT_KEYS_BY_ROW)
+
+
 @dataclass(frozen=True)
 class RegisteredPattern:
-    """keep(AttentionScores, **options) -> a boolean keep-mask broadcastable to the scores (it need
-    not exclude padding: the caller does) or a KeySelection (which must not choose padding keys
-    beyond a row's count); normalise(masked scores) -> float32 probabilities."""
+    """keep(AttentionScores, **options) -> per `selection`, a boolean keep-mask broadcastable to the
+    scores (it need not exclude unseen keys: the caller does) or a KeySelection (which must not
+    choose unseen keys within a row's count); normalise(masked scores) -> float32 probabilities
+    (a KeySelection is always normalised by the softmax)."""
 
     keep: Callable[..., torch.Tensor | KeySelection]
     normalise: Callable[[torch.Tensor], torch.Tensor]
+    selection: str = SELECT_MASK
 
 
 PATTERNS: dict[str, RegisteredPattern] = {}
 
 
-def register_pattern(name: str, normalise: Callable[[torch.Tensor], torch.Tensor] = softmax):
+def register_pattern(
+    name: str, normalise: Callable[[torch.Tensor], torch.Tensor] = softmax, selection: str = SELECT_MASK
+):
     """Decorator adding a keep-function under `name`; its keyword arguments are its options.
 
     The pattern must first be declared in `crisp.patterns.PATTERNS_INFO` (so that configurations
-    are checked without torch), with the same option names and defaults.
+    are checked without torch), with the same option names and defaults. `selection` says what the
+    function returns (SELECT_MASK, SELECT_KEYS or SELECT_KEYS_BY_ROW); the key selections use the
+    softmax.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"pattern {name!r}: selection must be one of {SELECTIONS}, got {selection!r}")
+    if selection != SELECT_MASK and normalise is not softmax:
+        raise ValueError(f"pattern {name!r}: a pattern that selects keys is normalised by the softmax")
 
     def register(keep: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in PATTERNS:
@@ -292,7 +320,7 @@ def register_pattern(name: str, normalise: Callable[[torch.Tensor], torch.Tensor
                 f"pattern {name!r}: {keep.__qualname__} takes options {pattern_options(keep)} but "
                 f"crisp.patterns declares {declared}"
             )
-        PATTERNS[name] = RegisteredPattern(keep, normalise)
+        PATTERNS[name] = RegisteredPattern(keep, normalise, selection)
         return keep
 
     return register
@@ -313,7 +341,7 @@ register_pattern("sparsemax", normalise=sparsemax)(keep_every_real_key)
 register_pattern("entmax15", normalise=entmax15)(keep_every_real_key)
 
 
-@register_pattern("topk")
+@register_pattern("topk", selection=SELECT_KEYS_BY_ROW)
 def topk_pattern(attention: AttentionScores) -> KeySelection:
     """Keep exactly keep_count(n_valid, sparsity) highest scores of each row."""
     return select_top_k(
@@ -321,7 +349,7 @@ def topk_pattern(attention: AttentionScores) -> KeySelection:
     )
 
 
-@register_pattern("random")
+@register_pattern("random", selection=SELECT_KEYS)
 def random_pattern(attention: AttentionScores) -> KeySelection:
     """Keep as many keys per row as `topk`, chosen uniformly at random among the real keys.
 
@@ -417,6 +445,8 @@ def block_topk_pattern(attention: AttentionScores, block_size: int = 16) -> torc
     query_members = F.one_hot(query_block.squeeze(-1), blocks).float() * real_queries  # (b, 1, queries, B)
     pooled_queries = _block_means(attention.query, query_members)
     pooled_keys = _block_means(attention.key, key_members)
+    groups = pooled_queries.shape[1] // pooled_keys.shape[1]  # grouped-query attention shares key heads
+    pooled_keys = pooled_keys.repeat_interleave(groups, dim=1)
     block_scores = pooled_queries @ pooled_keys.transpose(-2, -1) * attention.scaling  # (b, h, QB, KB)
 
     # Seen keys of each key block, per query row, then the most any row of a query block sees.
@@ -449,39 +479,26 @@ def _block_means(states: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class _GatherChosen(torch.autograd.Function):
-    """scores.gather(-1, indices), keeping for the backward only the compact indices: torch's own
-    gather would keep the whole (batch, heads, queries, keys) score matrix."""
+def _seen_keys(
+    module: torch.nn.Module, attention_mask: torch.Tensor | None, batch: int, queries: int, keys: int, device
+) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """What each query sees, from the mask transformers hands over.
 
-    @staticmethod
-    def forward(ctx, scores, indices, compact_indices):
-        ctx.keys = scores.shape[-1]
-        ctx.save_for_backward(compact_indices)
-        return scores.gather(-1, indices)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (indices,) = ctx.saved_tensors
-        return grad.new_zeros(*grad.shape[:-1], ctx.keys).scatter_(-1, indices.long(), grad), None, None
-
-
-class _ScatterChosen(torch.autograd.Function):
-    """The chosen keys' probabilities placed in a zero matrix over all keys (compact indices kept)."""
-
-    @staticmethod
-    def forward(ctx, chosen, indices, compact_indices, keys: int):
-        ctx.save_for_backward(compact_indices)
-        return chosen.new_zeros(*chosen.shape[:-1], keys).scatter_(-1, indices, chosen)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (indices,) = ctx.saved_tensors
-        return grad.gather(-1, indices.long()), None, None, None
-
-
-def _compact(indices: torch.Tensor, keys: int) -> torch.Tensor:
-    """Key positions in the smallest integer type that holds them (int64 takes 4x the memory of int16)."""
-    return indices.to(torch.int16 if keys <= torch.iinfo(torch.int16).max else torch.int32)
+    Returns valid_keys (batch, 1, queries, keys) boolean, the additive mask to add to the scores
+    (None unless the caller gave one), and whether the batch came with a mask at all (without one
+    every row sees the same number of keys).
+    """
+    if attention_mask is None and getattr(module, "is_causal", False) and queries > 1:
+        # A causal layer called without a mask (the mask function always builds one; a caller may not).
+        visible = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+        return visible.view(1, 1, queries, keys).expand(batch, 1, queries, keys), None, True
+    if attention_mask is None:
+        return torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device).expand(batch, 1, queries, keys), None, False
+    if attention_mask.dtype == torch.bool:
+        return attention_mask.expand(batch, 1, queries, keys), None, True
+    # An additive mask (0 = attend, a very negative number = masked) given directly by a caller.
+    visible = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    return visible.expand(batch, 1, queries, keys), attention_mask, True
 
 
 def crisp_attention(
@@ -496,13 +513,15 @@ def crisp_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with the module's sparsity pattern; same contract as transformers' eager attention.
 
-    query/key/value: (batch, heads, tokens, head_dim). attention_mask: None (no padding), a
-    boolean mask (batch, 1, queries, keys) with True at real keys (what `sdpa_mask` builds), or an
-    additive float mask. Returns the output (batch, tokens, heads, head_dim) and the attention
-    probabilities (batch, heads, queries, keys) after dropout, as eager attention does; these are
-    what `output_attentions=True` reports. Padded query positions attend to the real keys of their
-    sequence. A query that sees no key at all (a sequence without any real token, a left-padded
-    decoder's padding) gets the mean of the values, as eager attention's uniform attention gives it.
+    query: (batch, heads, tokens, head_dim); key/value: (batch, key_value_heads, tokens, head_dim).
+    attention_mask: None (no padding), a boolean mask (batch, 1, queries, keys) with True at the
+    keys each query sees (what `sdpa_mask` builds), or an additive float mask. Returns the output
+    (batch, tokens, heads, head_dim) and the attention probabilities (batch, heads, queries, keys)
+    after dropout, as eager attention does; these are what `output_attentions=True` reports (for
+    the patterns that select keys they carry no gradient). Padded query positions attend to the
+    real keys of their sequence. A query that sees no key at all (a sequence without any real token,
+    a left-padded decoder's padding) gets the mean of the values, as eager attention's uniform
+    attention gives it.
     """
     settings = getattr(module, SETTINGS_ATTRIBUTE, None)
     if settings is None:
@@ -513,85 +532,114 @@ def crisp_attention(
         )
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
-
-    causal_without_mask = attention_mask is None and getattr(module, "is_causal", False) and scores.shape[-2] > 1
-    if causal_without_mask:
-        # A causal layer called without a mask (the mask function always builds one; a caller may not).
-        queries, keys = scores.shape[-2:]
-        valid_keys = torch.ones(queries, keys, dtype=torch.bool, device=scores.device).tril(keys - queries)
-        valid_keys = valid_keys.view(1, 1, queries, keys)
-        scores = scores.masked_fill(~valid_keys, float("-inf"))
-    elif attention_mask is None:
-        valid_keys = torch.ones_like(scores[:, :1], dtype=torch.bool)
-    elif attention_mask.dtype == torch.bool:
-        valid_keys = attention_mask
-    else:
-        # An additive mask (0 = attend, a very negative number = masked) given directly by a caller.
-        valid_keys = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-        scores = scores + attention_mask
-    valid_keys = valid_keys.expand(scores.shape[0], 1, *scores.shape[-2:])
-
+    batch, heads, queries, _ = query.shape
+    keys, groups = key.shape[-2], heads // key.shape[1]
+    valid_keys, additive, padded = _seen_keys(module, attention_mask, batch, queries, keys, query.device)
     pattern = settings.pattern if module.training or settings.apply == "train_and_eval" else "dense"
     registered = PATTERNS[pattern]
     recorder = getattr(module, RECORDER_ATTRIBUTE, None)
+    dropout = dropout if module.training else 0.0
+
+    if registered.selection == SELECT_MASK:
+        output, probabilities = _masked_attention(
+            registered, query, key, value, valid_keys, additive, padded, settings, module.training,
+            scaling, dropout, recorder,
+        )
+    else:
+        causal = registered.selection == SELECT_KEYS_BY_ROW and getattr(module, "is_causal", False)
+        blocks = query_blocks(queries, keys, causal)
+        chosen, indices = [], []
+        with torch.no_grad():
+            for block in blocks:
+                scores = block_scores(query, key, block, scaling)
+                seen = valid_keys[:, :, block.start:block.stop, :block.keys]
+                if additive is not None:
+                    scores.add_(additive[..., block.start:block.stop, :block.keys])
+                if padded:  # (without a mask every key is seen)
+                    scores.masked_fill_(~seen, float("-inf"))
+                selection = registered.keep(
+                    AttentionScores(
+                        scores=scores,
+                        query=query[:, :, block.start:block.stop].detach(),
+                        key=key[:, :, :block.keys].detach(),
+                        scaling=scaling,
+                        valid_keys=seen,
+                        n_valid=seen.sum(dim=-1, keepdim=True),
+                        settings=settings,
+                        training=module.training,
+                        padded=padded,
+                    ),
+                    **settings.options,
+                )
+                positions = selection.indices.expand(*scores.shape[:-1], selection.indices.shape[-1])
+                within = torch.arange(positions.shape[-1], device=positions.device) < selection.counts
+                block_chosen = scores.gather(-1, positions).masked_fill_(~within, float("-inf"))
+                # A row keeps no key only if it sees none. Normalising nothing is NaN, so such rows
+                # keep their first chosen position instead (their output is replaced below).
+                block_chosen[..., :1].masked_fill_(selection.counts == 0, 0.0)
+                chosen.append(block_chosen)
+                indices.append(positions)
+        if recorder is not None:
+            recorder.record(settings.layer_index, _over_keys(blocks, chosen, indices, queries, keys), valid_keys)
+        output, probabilities = kept_attention(query, key, value, blocks, chosen, indices, scaling, dropout)
+
+    if padded:
+        # A row that sees no key at all (a padded query of a left-padded decoder, a padded query
+        # whose sliding window holds no real token) gets the mean of the values, as eager
+        # attention's additive mask makes it attend uniformly: models that read such a position
+        # (ModernBERT's first token under left padding) then give the logits of eager attention.
+        sees_nothing = ~valid_keys.any(dim=-1, keepdim=True)  # (batch, 1, queries, 1)
+        mean_value = value.mean(dim=-2, keepdim=True).repeat_interleave(groups, dim=1)
+        output = torch.where(sees_nothing, mean_value.to(output.dtype), output)
+    output = output.transpose(1, 2).contiguous()
+    return output, probabilities
+
+
+def _masked_attention(
+    registered: RegisteredPattern, query, key, value, valid_keys, additive, padded, settings, training,
+    scaling, dropout, recorder,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pattern that returns a mask: scores outside it are -inf, the normaliser sees whole rows."""
+    groups = query.shape[1] // key.shape[1]
+    key_heads, value_heads = key, value
+    if groups > 1:  # each key/value head serves `groups` query heads
+        key_heads, value_heads = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key_heads.transpose(-2, -1)) * scaling
+    if additive is not None:
+        scores = scores + additive
     with torch.no_grad():
         if registered.keep is keep_every_real_key:
-            chosen = valid_keys
+            keep = valid_keys
         else:
-            pattern_scores = scores.detach()
-            if attention_mask is not None:
-                pattern_scores = pattern_scores.masked_fill(~valid_keys, float("-inf"))
-            padded = attention_mask is not None or causal_without_mask
             pattern_input = AttentionScores(
-                scores=pattern_scores,
+                scores=scores.detach().masked_fill(~valid_keys, float("-inf")),
                 query=query.detach(),
                 key=key.detach(),
                 scaling=scaling,
                 valid_keys=valid_keys,
                 n_valid=valid_keys.sum(dim=-1, keepdim=True),
                 settings=settings,
-                training=module.training,
+                training=training,
                 padded=padded,
             )
-            chosen = registered.keep(pattern_input, **settings.options)
+            keep = registered.keep(pattern_input, **settings.options) & valid_keys
+        # A row without any seen key attends densely to every position instead (NaN otherwise).
+        keep = keep | ~keep.any(dim=-1, keepdim=True)
+    probabilities = registered.normalise(scores.masked_fill(~keep, float("-inf")))
+    if recorder is not None:
+        recorder.record(settings.layer_index, probabilities, valid_keys)
+    probabilities = F.dropout(probabilities.to(value.dtype), p=dropout, training=dropout > 0)
+    return torch.matmul(probabilities, value_heads), probabilities
 
-    if isinstance(chosen, KeySelection):
-        indices = chosen.indices.expand(*scores.shape[:-1], chosen.indices.shape[-1])
-        # A row keeps no key only if its sequence has no real token. Normalising nothing is NaN, so
-        # such rows keep their first chosen position instead (their output is meaningless anyway).
-        within = torch.arange(indices.shape[-1], device=indices.device) < chosen.counts.clamp(min=1)
-        keys, compact = scores.shape[-1], _compact(indices, scores.shape[-1])
-        chosen_scores = _GatherChosen.apply(scores, indices, compact)
-        kept_probabilities = registered.normalise(chosen_scores.masked_fill(~within, float("-inf")))
-        if recorder is not None:
-            full = kept_probabilities.new_zeros(scores.shape).scatter(-1, indices, kept_probabilities)
-            recorder.record(settings.layer_index, full, valid_keys)
-        kept_probabilities = F.dropout(kept_probabilities.to(value.dtype), p=dropout, training=module.training)
-        probabilities = _ScatterChosen.apply(kept_probabilities, indices, compact, keys)
-    else:
-        with torch.no_grad():
-            keep = chosen & valid_keys
-            # A row without any real key attends densely to every position instead (NaN otherwise).
-            keep = keep | ~keep.any(dim=-1, keepdim=True)
-        probabilities = registered.normalise(scores.masked_fill(~keep, float("-inf")))
-        if recorder is not None:
-            recorder.record(settings.layer_index, probabilities, valid_keys)
-        probabilities = F.dropout(probabilities.to(value.dtype), p=dropout, training=module.training)
 
-    output = torch.matmul(probabilities, value)
-    if attention_mask is not None:
-        # A row that sees no key at all (a padded query of a left-padded decoder, a padded query
-        # whose sliding window holds no real token) gets the mean of the values, as eager
-        # attention's additive mask makes it attend uniformly: models that read such a position
-        # (ModernBERT's first token under left padding) then give the logits of eager attention.
-        sees_nothing = ~valid_keys.any(dim=-1, keepdim=True)  # (batch, 1, queries, 1)
-        output = torch.where(sees_nothing, value.mean(dim=-2, keepdim=True), output)
-    output = output.transpose(1, 2).contiguous()
-    return output, probabilities
+def _over_keys(blocks, chosen, indices, queries: int, keys: int) -> torch.Tensor:
+    """The probabilities before dropout over all keys (batch, heads, queries, keys), for the recorder."""
+    batch, heads = chosen[0].shape[:2]
+    full = chosen[0].new_zeros(batch, heads, queries, keys, dtype=torch.float32)
+    for block, block_chosen, positions in zip(blocks, chosen, indices, strict=True):
+        rows = full[:, :, block.start:block.stop]
+        rows.scatter_(-1, positions, softmax(block_chosen))
+    return full
 
 
 def crisp_mask(*args, **kwargs) -> torch.Tensor | None:

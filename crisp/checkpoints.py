@@ -46,7 +46,8 @@ RUN_CONFIG_FILE = "crisp_run_config.json"
 CHECKPOINTS_KEPT = 2
 # Modules whose source decides what training computes: a checkpoint of other code is not resumed.
 CODE_MODULES = (
-    "train", "checkpoints", "attention", "patterns", "modeling", "data", "tabular", "synthetic", "tasks", "metrics",
+    "train", "checkpoints", "attention", "kept_attention", "patterns", "modeling", "data", "tabular", "synthetic",
+    "tasks", "metrics",
 )
 # training keys that change where progress is reported, not what is computed
 LOGGING_KEYS = ("report_to",)

@@ -29,8 +29,8 @@ SOURCES = [
     "config/demo.yaml",
     "crisp/schemas/config.schema.yaml",
     *(f"crisp/{module}.py" for module in (
-        "attention", "checkpoints", "config", "data", "flops", "layout", "metrics", "modeling", "patterns", "runs",
-        "settings", "stats", "synthetic", "tables", "tabular", "tasks", "train",
+        "attention", "checkpoints", "config", "data", "flops", "kept_attention", "layout", "metrics", "modeling",
+        "patterns", "runs", "settings", "stats", "synthetic", "tables", "tabular", "tasks", "train",
     )),
 ]  # fmt: skip
 FIGURES = {

@@ -192,6 +192,66 @@ def test_topk_gradients_match_the_masked_softmax():
         torch.testing.assert_close(gradient, reference)
 
 
+def causal_gqa_inputs(length=70, dtype=torch.float64):
+    """Query (2 sequences, 4 heads), key and value (2 key/value heads) of a decoder, and its mask:
+    each query sees the real keys at or before it; sequence 0 is right-padded, 1 left-padded."""
+    torch.manual_seed(3)
+    query = torch.randn(2, 4, length, 8, dtype=dtype, requires_grad=True)
+    key, value = (torch.randn(2, 2, length, 8, dtype=dtype, requires_grad=True) for _ in range(2))
+    real = torch.ones(2, length, dtype=torch.bool)
+    real[0, 50:] = False
+    real[1, :9] = False
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    return query, key, value, (causal & real[:, None, :])[:, None]
+
+
+def causal_module(pattern="topk", sparsity=0.8, training=True):
+    module = attention_module(pattern, sparsity, training=training)
+    module.is_causal = True
+    return module
+
+
+def test_causal_query_blocks_have_the_gradients_of_the_masked_softmax():
+    """A decoder's queries go through top-k in blocks of rows that read only the keys before the
+    block's end. Output and gradients are those of one softmax over all scores with every key but
+    the chosen ones at -inf (grouped-query heads, both padding sides, rows of 1 to 61 seen keys)."""
+    from crisp.kept_attention import query_blocks
+
+    query, key, value, visible = causal_gqa_inputs()
+    assert len(query_blocks(70, 70, causal=True)) == 3
+    grad_output = torch.randn(2, 70, 4, 8, dtype=torch.float64)
+    output, probabilities = crisp_attention(causal_module(), query, key, value, visible, 0.3)
+    gradients = torch.autograd.grad((output * grad_output).sum(), (query, key, value))
+
+    keep = keep_top_k(
+        (query.detach() @ key.detach().repeat_interleave(2, 1).transpose(-2, -1)).masked_fill(~visible, float("-inf")),
+        keep_count(visible.sum(dim=-1, keepdim=True), 0.8), keep_count(70, 0.8),
+    ) & visible
+    sees_nothing = ~visible.any(dim=-1, keepdim=True)  # sequence 1's left padding
+    assert torch.equal((probabilities > 0) & ~sees_nothing, keep)
+    key_heads, value_heads = (tensor.repeat_interleave(2, 1) for tensor in (key, value))
+    scores = (query @ key_heads.transpose(-2, -1) * 0.3).masked_fill(~keep, float("-inf"))
+    expected = torch.softmax(scores, dim=-1).nan_to_num(0.0) @ value_heads
+    expected = torch.where(sees_nothing, value_heads.mean(dim=-2, keepdim=True), expected).transpose(1, 2)
+    tolerance = {"rtol": 1e-5, "atol": 1e-6}  # the softmax runs in float32
+    torch.testing.assert_close(output, expected, **tolerance)
+    for gradient, reference in zip(
+        gradients, torch.autograd.grad((expected * grad_output).sum(), (query, key, value)), strict=True
+    ):
+        torch.testing.assert_close(gradient, reference, **tolerance)
+
+
+def test_causal_query_blocks_drop_out_what_one_block_drops_out():
+    """Blocks or not, the dropout applies to the chosen probabilities only, rescaled by 1 / (1 - p)."""
+    query, key, value, visible = causal_gqa_inputs(dtype=torch.float32)
+    _, kept = crisp_attention(causal_module(training=False), query, key, value, visible, 0.3)
+    torch.manual_seed(11)
+    _, dropped = crisp_attention(causal_module(), query, key, value, visible, 0.3, dropout=0.25)
+    survivors = dropped > 0
+    assert ((dropped > 0) <= (kept > 0)).all() and 0 < survivors.sum() < (kept > 0).sum()
+    torch.testing.assert_close(dropped[survivors], kept[survivors] / 0.75)
+
+
 @pytest.mark.parametrize("pattern", ["topk", "random"])
 def test_a_selection_keeps_little_more_than_dense_for_the_backward(pattern):
     """What autograd holds from forward to backward: the probabilities, as for dense attention, plus
@@ -409,6 +469,23 @@ def test_attention_compiles_without_graph_breaks(pattern):
     attention(*inputs).square().sum().backward()
     compiled(*compiled_inputs).square().sum().backward()
     for eager, compiled_tensor in zip(inputs, compiled_inputs):
+        torch.testing.assert_close(compiled_tensor.grad, eager.grad)
+
+
+def test_causal_query_blocks_compile_without_graph_breaks():
+    """The blocks come from the shapes alone, so a decoder's top-k compiles with fullgraph=True."""
+    query, key, value, visible = causal_gqa_inputs(dtype=torch.float32)
+    module = causal_module()
+
+    def attention(query, key, value):
+        return crisp_attention(module, query, key, value, visible)[0]
+
+    compiled = torch.compile(attention, fullgraph=True, backend="aot_eager")
+    inputs = [tensor.detach().clone().requires_grad_() for tensor in (query, key, value)]
+    compiled_inputs = [tensor.detach().clone().requires_grad_() for tensor in (query, key, value)]
+    attention(*inputs).square().sum().backward()
+    compiled(*compiled_inputs).square().sum().backward()
+    for eager, compiled_tensor in zip(inputs, compiled_inputs, strict=True):
         torch.testing.assert_close(compiled_tensor.grad, eager.grad)
 
 

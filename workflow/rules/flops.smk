@@ -4,7 +4,9 @@ rule flops:
     loading the libraries longer."""
     input:
         fetched=model_fetches,
-        code=crisp_sources("flops", "attention", "patterns", "modeling", "fetch"),
+        code=crisp_sources(
+            "flops", "attention", "kept_attention", "patterns", "modeling", "fetch"
+        ),
     output:
         [f"{R}/flops/{{model}}/{experiment}.json" for experiment in EXPERIMENTS],
     log:

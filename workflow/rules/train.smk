@@ -11,6 +11,7 @@ rule train:
             "checkpoints",
             "runs",
             "attention",
+            "kept_attention",
             "patterns",
             "modeling",
             "data",
