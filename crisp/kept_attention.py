@@ -2,9 +2,10 @@
 
 `crisp.attention` chooses, for every query row, the positions of the keys it keeps; this module
 turns the chosen scores into the attention output, with a backward written out by hand: the
-softmax and the dropout run on the k chosen scores of each row only, and the backward keeps the
-chosen probabilities, their positions and the probability matrix A V needs, never the score
-matrix, so that the training step of a sparse model costs about what a dense one costs.
+softmax and the dropout run on the k chosen scores of each row only, and from forward to backward
+only the chosen probabilities, their (int16) positions and the dropout's mask are kept, neither the
+score matrix nor the probability matrix over all keys, so that the training step of a sparse model
+costs about what a dense one costs and holds less than dense eager attention does.
 
 Queries are taken in blocks of rows. In a causal layer the rows [start, stop) of a block see no key
 at or after `stop`, so the block reads only the first `stop` keys: the score, A V and gradient
@@ -82,7 +83,7 @@ class _KeptAttention(torch.autograd.Function):
         chosen, indices = chosen_and_indices[:count], chosen_and_indices[count:]
         batch, heads, queries, dim = query.shape
         keys, key_value_heads = key.shape[2], key.shape[1]
-        kept, dropped, outputs, over_keys = [], [], [], []
+        kept, dropped, outputs, over_keys = [], [], [], []  # per block
         for block, scores, positions in zip(blocks, chosen, indices, strict=True):
             # In float32 even under bfloat16 autocast: exp of -inf and sums of few terms stay exact.
             probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32)
@@ -108,8 +109,10 @@ class _KeptAttention(torch.autograd.Function):
                 probabilities[:, :, block.start:block.stop, :block.keys] = block_over_keys
         ctx.blocks, ctx.dropout = blocks, dropout
         ctx.scaling = scaling
+        # Not the probabilities over all keys: rebuilt in the backward from the chosen ones, they
+        # cost a scatter there, and holding them from forward to backward cost more on a CPU.
         ctx.save_for_backward(
-            query, key, value, *kept, *over_keys, *[keep for keep in dropped if keep is not None],
+            query, key, value, *kept, *[keep for keep in dropped if keep is not None],
             *[_compact(positions, keys) for positions in indices],
         )
         ctx.mark_non_differentiable(probabilities)
@@ -121,8 +124,8 @@ class _KeptAttention(torch.autograd.Function):
         count = len(blocks)
         saved = ctx.saved_tensors
         query, key, value = saved[:3]
-        kept, over_keys = saved[3:3 + count], saved[3 + count:3 + 2 * count]
-        dropped = saved[3 + 2 * count:3 + 3 * count] if dropout > 0 else (None,) * count
+        kept = saved[3:3 + count]
+        dropped = saved[3 + count:3 + 2 * count] if dropout > 0 else (None,) * count
         indices = saved[len(saved) - count:]
         batch, heads, _, dim = query.shape
         keys, key_value_heads = key.shape[2], key.shape[1]
@@ -133,7 +136,11 @@ class _KeptAttention(torch.autograd.Function):
             block, probabilities, keep = blocks[index], kept[index], dropped[index]
             rows, seen, positions = block.stop - block.start, block.keys, indices[index].long()
             grad_rows = grouped(grad_output[:, :, block.start:block.stop].to(value.dtype), key_value_heads)
-            grad_block_value = grouped(over_keys[index], key_value_heads).transpose(-2, -1) @ grad_rows
+            used = probabilities.to(value.dtype)
+            if keep is not None:
+                used = used * keep / (1 - dropout)
+            over_keys = used.new_zeros(batch, heads, rows, seen).scatter_(-1, positions, used)
+            grad_block_value = grouped(over_keys, key_value_heads).transpose(-2, -1) @ grad_rows
             grad_over_keys = (grad_rows @ value[:, :, :seen].transpose(-2, -1)).view(batch, heads, rows, seen)
             grad_kept = grad_over_keys.gather(-1, positions).float()
             if keep is not None:

@@ -51,6 +51,7 @@ from crisp.checkpoints import (
 from crisp.data import collator, load_prepared, read_stats
 from crisp.devices import peak_flops_per_s
 from crisp.errors import ConfigError, TrainingDiverged
+from crisp.families import family_of
 from crisp.flops import Architecture, analytic_forward_matmul_flops
 from crisp.layout import model_slug
 from crisp.metrics import classification_metrics, primary_metric
@@ -213,6 +214,12 @@ def build(settings: dict, data_dir: str | Path, model_revision: str | None = Non
         attention_dropout=attention["attention_dropout"],
         revision=model_revision,
     )
+    family = family_of(model.config.model_type)
+    if family is not None and family.causal and tokenizer.pad_token_id is not None:
+        # A decoder classifier reads each example's last token that is not padding, found by the pad
+        # id: it must be the id the collator pads with (end-of-sequence where the tokenizer has no
+        # pad token of its own, crisp.modeling.load_tokenizer), not the config's own guess.
+        model.config.pad_token_id = tokenizer.pad_token_id
     sparsify(
         model,
         attention["pattern"],
@@ -532,6 +539,18 @@ def sources(settings: dict, data_dir: str | Path, model_revision: str | None) ->
     }
 
 
+def padding(tokenizer, model) -> dict:
+    """How the run's batches were padded: the pad token and the id the model reads as padding, the
+    side, and whether the pad is the end-of-sequence token (what Crisp sets where a tokenizer has no
+    pad token, as decoders' tokenizers often have not)."""
+    return {
+        "token": tokenizer.pad_token,
+        "token_id": model.config.pad_token_id,
+        "side": tokenizer.padding_side,
+        "end_of_sequence": tokenizer.pad_token is not None and tokenizer.pad_token == tokenizer.eos_token,
+    }
+
+
 def provenance(settings: dict, hardware: Hardware) -> dict:
     """Where and how the run was made, to reproduce or question it."""
     return {
@@ -596,6 +615,7 @@ def train_run(
             **training_cost(trainer, built, training["epochs"], fitted, hardware),
             **provenance(settings, hardware),
             "sources": sources(settings, data_dir, model_revision),
+            "padding": padding(built.tokenizer, trainer.model),
         }
         write_run(run_dir, metrics, _history(trainer.state.log_history), predictions, {
             "experiment": settings["experiment"], "seed": settings["seed"], **example})

@@ -47,7 +47,7 @@ METRICS_KEYS = {
     "attention_dropout", "metric", "validation", "diagnostics", "train_loss", "train_loss_mean", "steps", "epochs",
     "resumed_from_step", "wall_time_s", "train_examples_per_s", "train_flops", "achieved_flops_per_s",
     "peak_memory_mb", "mfu", "device", "device_name", "precision", "cuda_visible_devices", "settings", "versions",
-    "git_commit", "command", "sources",
+    "git_commit", "command", "sources", "padding",
 }
 
 
@@ -121,6 +121,7 @@ def test_the_run_folder_follows_the_contract(reference, data):
         "tokenizer": {"id": "bundled:minilm", "revision": None},
         "dataset": {"id": "synthetic", "config": None, "revision": None},
     }
+    assert metrics["padding"] == {"token": "[PAD]", "token_id": 0, "side": "right", "end_of_sequence": False}
     assert len(metrics["diagnostics"]["attention_entropy"]) == len(metrics["diagnostics"]["kept_fraction"]) == 2
 
     predictions = runs.read_predictions(run_dir)
@@ -147,6 +148,33 @@ def test_the_run_folder_follows_the_contract(reference, data):
     assert metrics["train_flops"] == pytest.approx(expected)
     assert metrics["achieved_flops_per_s"] > 0 and metrics["peak_memory_mb"] > 0
     assert metrics["mfu"] is None and metrics["device"] == "cpu"  # no utilisation without a known GPU
+
+
+def test_a_decoder_reads_padding_by_the_id_its_tokenizer_pads_with(data, tmp_path):
+    """A decoder whose tokenizer has no pad token pads with end-of-sequence, and its classifier
+    (which finds each example's last real token by the pad id) is told that id, whatever the
+    config's own end-of-sequence id; metrics.json records it."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from crisp.families import tiny_family
+    from crisp.modeling import _bundled_minilm_path
+    from crisp.train import build, padding
+
+    folder = tmp_path / "decoder"
+    config = tiny_family("llama").tiny(30522, num_labels=2)
+    config.pad_token_id, config.eos_token_id = None, 7
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(_bundled_minilm_path())
+    tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"
+    tokenizer.save_pretrained(folder)
+
+    settings = {**make_settings(model=str(folder)), "tokenizer": str(folder)}
+    built = build(settings, data)
+    assert built.tokenizer.pad_token == "[SEP]"
+    assert built.model.config.pad_token_id == built.tokenizer.pad_token_id == 102
+    assert padding(built.tokenizer, built.model) == {
+        "token": "[SEP]", "token_id": 102, "side": "right", "end_of_sequence": True,
+    }
 
 
 def test_the_same_seed_twice_gives_byte_identical_results(reference, data, tmp_path):
