@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def wait_for(condition, timeout_s: float = 300, what: str = "") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def interrupt(process: subprocess.Popen, every_s: float = 2.0, timeout_s: float = 120) -> None:
+    """Ctrl-C, pressed again every few seconds until Snakemake says it is terminating, as a user
+    would: a SIGINT that reaches Snakemake while its asyncio loop starts or finishes a job can be
+    lost. Once Snakemake has it, no second one interrupts its clean-up."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        if not any("Terminating processes on user request" in line for line in lines):
+            process.send_signal(signal.SIGINT)
+        time.sleep(every_s)
 
 
 def training_runs(results: Path) -> set[Path]:
@@ -100,7 +115,7 @@ def test_interrupted_snakemake_finishes_on_rerun_with_identical_results(tmp_path
         wait_for(lambda: len(training_runs(results)) == trains, what="every train job to save a checkpoint")
         assert not list(results.glob("runs/**/metrics.json"))  # still mid-training
         if how == "SIGINT":
-            first.send_signal(signal.SIGINT)
+            interrupt(first)
         else:
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=120)
