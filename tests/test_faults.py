@@ -31,11 +31,20 @@ SLICE = {"tasks": {"pairs": None}, "models": ["tiny:bert"], "seeds": [0]}
 TIMING_KEYS = {"wall_time_s", "train_examples_per_s", "achieved_flops_per_s", "peak_memory_mb", "mfu", "command"}
 
 
+# `python -m snakemake ARGS`, with Ctrl-C raising KeyboardInterrupt even where SIGINT was ignored.
+SNAKEMAKE_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'snakemake'; runpy.run_module('snakemake', run_name='__main__', alter_sys=True)"
+)
+
+
 def start_snakemake(workdir: Path) -> subprocess.Popen:
-    # A session of its own, so that a kill can take Snakemake and every job it started.
+    # A session of its own, so that a kill can take Snakemake and every job it started. SIGINT as at
+    # a terminal: a shell that starts the tests in the background (`bash .ci/run &`) ignores it, and
+    # a Python started with SIGINT ignored never raises KeyboardInterrupt, so Ctrl-C would do nothing.
+    command = [sys.executable, "-c", SNAKEMAKE_WITH_CTRL_C, "--cores", "2", "--configfile", SMOKE, "slice.yaml"]
     return subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", SMOKE, "slice.yaml"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
 
 
@@ -49,8 +58,8 @@ def wait_for(condition, timeout_s: float = 300, what: str = "") -> None:
 
 def interrupt(process: subprocess.Popen, every_s: float = 2.0, timeout_s: float = 120) -> None:
     """Ctrl-C, pressed again every few seconds until Snakemake says it is terminating, as a user
-    would: a SIGINT that reaches Snakemake while its asyncio loop starts or finishes a job can be
-    lost. Once Snakemake has it, no second one interrupts its clean-up."""
+    would (a single SIGINT was seen lost once); once Snakemake has it, no second one interrupts its
+    clean-up."""
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
